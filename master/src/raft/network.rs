@@ -1,0 +1,295 @@
+//! The client side of the raft transport: one cached gRPC channel per peer address,
+//! openraft messages postcard-encoded in `RaftPayload`s, snapshots streamed in chunks.
+//! Also carries follower → leader proposals and read-index requests.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::OptionalSend;
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use skiff_proto::v1 as pb;
+use skiff_proto::v1::raft_transport_client::RaftTransportClient;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::{BasicNode, ProposeError, TypeConfig};
+use crate::api::status::{leader_hint, outcome_unknown};
+
+/// Snapshot chunk size on the wire.
+const CHUNK: usize = 1 << 20;
+
+/// The TLS name every master certificate carries.
+pub const MASTER_TLS_NAME: &str = "skiff-master";
+
+/// Channels to peers, shared by every raft replication stream and the forwarders.
+#[derive(Clone)]
+pub struct Network {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<ClientTlsConfig>,
+}
+
+/// A peer address that can't be turned into a channel.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid master address {addr:?}: {err}")]
+pub struct AddressError {
+    addr: String,
+    err: tonic::transport::Error,
+}
+
+impl Network {
+    /// `tls`: client TLS (CA + this master's certificate); `None` = plain HTTP/2.
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Network {
+            inner: Arc::new(Inner {
+                channels: Mutex::new(HashMap::new()),
+                tls,
+            }),
+        }
+    }
+
+    /// The cached channel to `addr` (connected lazily, reconnects by itself).
+    pub fn channel(&self, addr: &str) -> Result<Channel, AddressError> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let err = |err| AddressError {
+            addr: addr.to_owned(),
+            err,
+        };
+        let scheme = if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(err)?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.inner.tls {
+            ep = ep.tls_config(tls.clone()).map_err(err)?;
+        }
+        let ch = ep.connect_lazy();
+        channels.insert(addr.to_owned(), ch.clone());
+        Ok(ch)
+    }
+
+    fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, ProposeError> {
+        self.channel(addr)
+            .map(|ch| RaftTransportClient::new(ch).max_decoding_message_size(256 << 20))
+            .map_err(|e| ProposeError::Unavailable(e.to_string()))
+    }
+
+    /// Sends a command to the leader at `addr` and returns its answer.
+    pub async fn forward_proposal(
+        &self,
+        addr: &str,
+        command: pb::Command,
+    ) -> Result<u64, ProposeError> {
+        let mut client = self.client(addr)?;
+        let mut req = tonic::Request::new(pb::ProposeRequest {
+            command: Some(command),
+        });
+        req.set_timeout(Duration::from_secs(10));
+        match client.propose(req).await {
+            Ok(resp) => decode_propose(resp.into_inner()),
+            Err(status) => Err(status_to_propose_error(&status, addr)),
+        }
+    }
+
+    /// Asks the leader at `addr` for a read index (it confirms leadership first).
+    pub async fn leader_read_index(&self, addr: &str) -> Result<u64, ProposeError> {
+        let mut client = self.client(addr)?;
+        let mut req = tonic::Request::new(pb::MasterStatusRequest { read_index: true });
+        req.set_timeout(Duration::from_secs(5));
+        match client.status(req).await {
+            Ok(resp) => Ok(resp.into_inner().read_index),
+            Err(status) => Err(status_to_propose_error(&status, addr)),
+        }
+    }
+}
+
+/// The answer of a forwarded proposal.
+pub fn decode_propose(resp: pb::ProposeResponse) -> Result<u64, ProposeError> {
+    if resp.error.is_empty() {
+        return Ok(resp.revision);
+    }
+    match postcard::from_bytes(&resp.error) {
+        Ok(err) => Err(ProposeError::Rejected(err)),
+        Err(err) => Err(ProposeError::Unavailable(format!(
+            "the leader's answer could not be decoded: {err}"
+        ))),
+    }
+}
+
+/// Maps the leader's status back to a propose error.
+pub fn status_to_propose_error(status: &tonic::Status, addr: &str) -> ProposeError {
+    if outcome_unknown(status) {
+        return ProposeError::Unknown;
+    }
+    if status.code() == tonic::Code::Unavailable && status.message().contains("not the leader") {
+        return ProposeError::NotLeader {
+            leader: leader_hint(status),
+        };
+    }
+    ProposeError::Unavailable(format!("forwarding to {addr}: {}", status.message()))
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
+        Peer {
+            client: self
+                .channel(&node.addr)
+                .map(|ch| RaftTransportClient::new(ch).max_decoding_message_size(256 << 20))
+                .map_err(|e| e.to_string()),
+            target,
+        }
+    }
+}
+
+/// One peer, as openraft sees it.
+pub struct Peer {
+    client: Result<RaftTransportClient<Channel>, String>,
+    target: u64,
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<pb::RaftPayload, RPCError<TypeConfig>> {
+    postcard::to_stdvec(v)
+        .map(|data| pb::RaftPayload { data })
+        .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(p: &pb::RaftPayload) -> Result<T, RPCError<TypeConfig>> {
+    postcard::from_bytes(&p.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+fn rpc_error(status: &tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(status)),
+        _ => RPCError::Network(NetworkError::new(status)),
+    }
+}
+
+impl Peer {
+    fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(|e| {
+            RPCError::Unreachable(Unreachable::from_string(format!(
+                "master {}: {e}",
+                self.target
+            )))
+        })
+    }
+}
+
+fn request<T>(msg: T, option: &RPCOption) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(option.hard_ttl());
+    req
+}
+
+impl RaftNetworkV2<TypeConfig> for Peer {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let resp = client
+            .append_entries(request(encode(&rpc)?, &option))
+            .await
+            .map_err(|s| rpc_error(&s))?;
+        decode(&resp.into_inner())
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let resp = client
+            .vote(request(encode(&rpc)?, &option))
+            .await
+            .map_err(|s| rpc_error(&s))?;
+        decode(&resp.into_inner())
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client().map_err(|e| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+        })?;
+        let net = |e: &dyn std::fmt::Display| {
+            StreamingError::Network(NetworkError::from_string(e.to_string()))
+        };
+        let vote_bytes = postcard::to_stdvec(&vote).map_err(|e| net(&e))?;
+        let meta_bytes = postcard::to_stdvec(&snapshot.meta).map_err(|e| net(&e))?;
+        let data = snapshot.snapshot;
+        let mut chunks = Vec::with_capacity(data.len() / CHUNK + 1);
+        chunks.push(pb::SnapshotChunk {
+            vote: vote_bytes,
+            meta: meta_bytes,
+            data: Vec::new(),
+        });
+        for c in data.chunks(CHUNK) {
+            chunks.push(pb::SnapshotChunk {
+                vote: Vec::new(),
+                meta: Vec::new(),
+                data: c.to_vec(),
+            });
+        }
+        let mut req = tonic::Request::new(futures::stream::iter(chunks));
+        req.set_timeout(Duration::from_secs(60));
+        let resp = client
+            .install_snapshot(req)
+            .await
+            .map_err(|s| match rpc_error(&s) {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                other => StreamingError::Network(NetworkError::from_string(other.to_string())),
+            })?;
+        postcard::from_bytes(&resp.into_inner().data).map_err(|e| net(&e))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let resp = client
+            .transfer_leader(request(encode(&req)?, &option))
+            .await
+            .map_err(|s| rpc_error(&s))?;
+        decode(&resp.into_inner())
+    }
+}

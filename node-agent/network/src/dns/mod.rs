@@ -1,0 +1,319 @@
+//! The embedded DNS: one hickory server per network gateway address of this node
+//! (`<gateway>:53`, UDP and TCP, sockets bound inside the node's namespace). A
+//! container's resolv.conf names its first network's gateway. Names of services on the
+//! asker's networks are answered from [`DnsTable`]; everything else is forwarded, over
+//! the protocol the query came in on, to the host's resolvers (from /etc/resolv.conf).
+
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use table::DnsTable;
+
+use crate::netns::{self, NetnsError};
+
+/// TTL of skiff's own answers: short, so moved replicas are picked up quickly.
+pub const TTL: u32 = 5;
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the DNS could not listen.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("binding DNS {proto} socket on {addr}: {err}")]
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+/// The `nameserver` lines of a resolv.conf, on port 53.
+pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then_some(())?;
+            let ip: IpAddr = w.next()?.split('%').next()?.parse().ok()?;
+            Some(SocketAddr::new(ip, 53))
+        })
+        .collect()
+}
+
+/// The resolvers of the host, from `path` (usually /etc/resolv.conf).
+pub fn host_resolvers(path: &Path) -> Vec<SocketAddr> {
+    std::fs::read_to_string(path)
+        .map(|t| parse_resolv_conf(&t))
+        .unwrap_or_default()
+}
+
+/// The resolv.conf a container gets.
+pub fn container_resolv_conf(nameserver: Ipv4Addr) -> String {
+    format!(
+        "# written by skiff: the embedded DNS on this network's gateway\nnameserver {nameserver}\noptions ndots:0\n"
+    )
+}
+
+#[derive(Clone)]
+struct Handler {
+    table: Arc<RwLock<DnsTable>>,
+    upstreams: Arc<Vec<SocketAddr>>,
+}
+
+async fn forward_udp(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(std::io::Error::other)?;
+    let sock = tokio::net::UdpSocket::bind(bind).await?;
+    sock.connect(upstream).await?;
+    sock.send(query).await?;
+    let mut buf = vec![0u8; 65535];
+    let n = sock.recv(&mut buf).await?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+async fn forward_tcp(upstream: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = tokio::net::TcpStream::connect(upstream).await?;
+    let len = u16::try_from(query.len()).map_err(std::io::Error::other)?;
+    s.write_all(&len.to_be_bytes()).await?;
+    s.write_all(query).await?;
+    let n = s.read_u16().await?;
+    let mut buf = vec![0u8; usize::from(n)];
+    s.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+impl Handler {
+    async fn forward(&self, request: &Request) -> Option<Message> {
+        let tcp = request.protocol() == hickory_server::net::xfer::Protocol::Tcp;
+        for up in self.upstreams.iter() {
+            let fut = async {
+                if tcp {
+                    forward_tcp(*up, request.as_slice()).await
+                } else {
+                    forward_udp(*up, request.as_slice()).await
+                }
+            };
+            match tokio::time::timeout(FORWARD_TIMEOUT, fut).await {
+                Ok(Ok(bytes)) => match Message::from_vec(&bytes) {
+                    Ok(m) => return Some(m),
+                    Err(err) => tracing::debug!(%up, ?err, "undecodable answer from upstream"),
+                },
+                Ok(Err(err)) => tracing::debug!(%up, ?err, "upstream failed"),
+                Err(_) => tracing::debug!(%up, "upstream timed out"),
+            }
+        }
+        None
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let fail = |code| {
+            let mut m = Metadata::response_from_request(&request.metadata);
+            m.response_code = code;
+            ResponseInfo::from(hickory_proto::op::Header {
+                metadata: m,
+                counts: Default::default(),
+            })
+        };
+        let builder = MessageResponseBuilder::from_message_request(request);
+        let Ok(info) = request.request_info() else {
+            let msg = builder.error_msg(&request.metadata, ResponseCode::FormErr);
+            return response
+                .send_response(msg)
+                .await
+                .unwrap_or_else(|_| fail(ResponseCode::ServFail));
+        };
+        if request.metadata.op_code != OpCode::Query
+            || request.metadata.message_type != MessageType::Query
+        {
+            let msg = builder.error_msg(&request.metadata, ResponseCode::NotImp);
+            return response
+                .send_response(msg)
+                .await
+                .unwrap_or_else(|_| fail(ResponseCode::ServFail));
+        }
+        let name = info.query.name().to_string();
+        let qtype = info.query.query_type();
+        let local = match info.src.ip() {
+            IpAddr::V4(src) => self
+                .table
+                .read()
+                .map(|t| t.lookup(src, &name))
+                .unwrap_or(None),
+            IpAddr::V6(_) => None,
+        };
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.recursion_available = true;
+        if let Some(addrs) = local {
+            meta.authoritative = true;
+            let owner = info.query.original().name().clone();
+            let records: Vec<Record> = if matches!(qtype, RecordType::A | RecordType::ANY) {
+                addrs
+                    .iter()
+                    .map(|ip| Record::from_rdata(owner.clone(), TTL, RData::A(A(*ip))))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let msg = builder.build(meta, records.iter(), [].iter(), [].iter(), [].iter());
+            return response
+                .send_response(msg)
+                .await
+                .unwrap_or_else(|_| fail(ResponseCode::ServFail));
+        }
+        match self.forward(request).await {
+            Some(up) => {
+                meta.response_code = up.metadata.response_code;
+                meta.truncation = up.metadata.truncation;
+                meta.authentic_data = up.metadata.authentic_data;
+                let msg = builder.build(
+                    meta,
+                    up.answers.iter(),
+                    up.authorities.iter(),
+                    [].iter(),
+                    up.additionals.iter(),
+                );
+                response
+                    .send_response(msg)
+                    .await
+                    .unwrap_or_else(|_| fail(ResponseCode::ServFail))
+            }
+            None => {
+                let msg = builder.error_msg(&request.metadata, ResponseCode::ServFail);
+                response
+                    .send_response(msg)
+                    .await
+                    .unwrap_or_else(|_| fail(ResponseCode::ServFail))
+            }
+        }
+    }
+}
+
+/// The DNS of one node: its names and its listeners.
+pub struct Dns {
+    ns: Option<PathBuf>,
+    port: u16,
+    handler: Handler,
+    servers: tokio::sync::Mutex<BTreeMap<Ipv4Addr, Server<Handler>>>,
+}
+
+impl Dns {
+    /// `ns`: the node's namespace (listeners are bound there); `port`: 53 except in
+    /// tests; `upstreams`: where other names go.
+    pub fn new(ns: Option<PathBuf>, port: u16, upstreams: Vec<SocketAddr>) -> Self {
+        Self {
+            ns,
+            port,
+            handler: Handler {
+                table: Arc::new(RwLock::new(DnsTable::default())),
+                upstreams: Arc::new(upstreams),
+            },
+            servers: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn set_table(&self, table: DnsTable) {
+        match self.handler.table.write() {
+            Ok(mut t) => *t = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+    }
+
+    /// Listens on exactly `addrs` (the gateways of this node's networks).
+    pub async fn listen_on(&self, addrs: &[Ipv4Addr]) -> Result<(), DnsError> {
+        let mut servers = self.servers.lock().await;
+        let stale: Vec<Ipv4Addr> = servers
+            .keys()
+            .filter(|a| !addrs.contains(a))
+            .copied()
+            .collect();
+        for a in stale {
+            if let Some(mut s) = servers.remove(&a) {
+                let _ = s.shutdown_gracefully().await;
+            }
+        }
+        for &a in addrs {
+            if servers.contains_key(&a) {
+                continue;
+            }
+            let addr = SocketAddr::new(IpAddr::V4(a), self.port);
+            let (udp, tcp) = netns::run_in_async(self.ns.as_deref(), move || {
+                let udp = std::net::UdpSocket::bind(addr).map_err(|err| DnsError::Bind {
+                    proto: "udp",
+                    addr,
+                    err,
+                })?;
+                let tcp = std::net::TcpListener::bind(addr).map_err(|err| DnsError::Bind {
+                    proto: "tcp",
+                    addr,
+                    err,
+                })?;
+                for r in [udp.set_nonblocking(true), tcp.set_nonblocking(true)] {
+                    r.map_err(|err| DnsError::Bind {
+                        proto: "socket",
+                        addr,
+                        err,
+                    })?;
+                }
+                Ok::<_, DnsError>((udp, tcp))
+            })
+            .await??;
+            let bind_err = |proto, err| DnsError::Bind { proto, addr, err };
+            let udp = tokio::net::UdpSocket::from_std(udp).map_err(|e| bind_err("udp", e))?;
+            let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|e| bind_err("tcp", e))?;
+            let mut server = Server::new(self.handler.clone());
+            server.register_socket(udp);
+            server.register_listener(tcp, Duration::from_secs(10), 65535);
+            tracing::info!(%addr, "embedded DNS listening");
+            servers.insert(a, server);
+        }
+        Ok(())
+    }
+
+    /// Stops every listener.
+    pub async fn stop(&self) {
+        let _ = self.listen_on(&[]).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_nameservers() {
+        let text = "# comment\nsearch example\nnameserver 10.9.8.7\nnameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n";
+        let got = parse_resolv_conf(text);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], "10.9.8.7:53".parse().expect("addr"));
+        assert!(
+            container_resolv_conf(Ipv4Addr::new(10, 213, 1, 1)).contains("nameserver 10.213.1.1\n")
+        );
+    }
+}

@@ -1,0 +1,557 @@
+//! Thin netlink shell over rtnetlink: links, addresses, routes, neighbour and FDB
+//! entries, in whatever namespace the handle's socket was opened in. No policy here:
+//! `overlay` and `attach` decide what should exist.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::RouteType;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
+
+/// A netlink request that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("netlink: {op} {what}: {err}")]
+pub struct LinkError {
+    pub op: &'static str,
+    pub what: String,
+    pub err: rtnetlink::Error,
+}
+
+impl LinkError {
+    /// The errno the kernel answered with, if it answered with one.
+    pub fn errno(&self) -> Option<i32> {
+        match &self.err {
+            rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, LinkError>;
+
+fn fail(op: &'static str, what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
+    let what = what.into();
+    move |err| LinkError { op, what, err }
+}
+
+/// What skiff reads back about a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub controller: Option<u32>,
+    pub alias: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+    /// VNI, local address and UDP port of a VXLAN device.
+    pub vxlan: Option<(u32, Option<Ipv4Addr>, u16)>,
+}
+
+fn parse_link(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        kind: None,
+        controller: None,
+        alias: None,
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        vxlan: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name.clone_from(n),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            LinkAttribute::Controller(c) => link.controller = Some(*c),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(vx)) => {
+                            let (mut vni, mut local, mut port) = (0, None, 0);
+                            for v in vx {
+                                match v {
+                                    InfoVxlan::Id(i) => vni = *i,
+                                    InfoVxlan::Local(l) => local = Some(*l),
+                                    InfoVxlan::Port(p) => port = *p,
+                                    _ => {}
+                                }
+                            }
+                            link.vxlan = Some((vni, local, port));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// A VXLAN forwarding entry: frames for `mac` go to the VTEP `dst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FdbEntry {
+    pub mac: [u8; 6],
+    pub dst: Ipv4Addr,
+}
+
+/// A permanent IPv4 neighbour entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Neighbour {
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+fn mac6(v: &[u8]) -> Option<[u8; 6]> {
+    v.try_into().ok()
+}
+
+/// Netlink operations on one namespace.
+#[derive(Clone)]
+pub struct Links {
+    handle: Handle,
+}
+
+impl Links {
+    pub fn new(handle: Handle) -> Self {
+        Self { handle }
+    }
+
+    pub async fn list(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(fail("dump", "links"))?;
+        Ok(msgs.iter().map(parse_link).collect())
+    }
+
+    pub async fn by_name(&self, name: &str) -> Result<Option<Link>> {
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(Some(parse_link(&msg))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::ENODEV => {
+                Ok(None)
+            }
+            Err(err) => Err(LinkError {
+                op: "get link",
+                what: name.to_owned(),
+                err,
+            }),
+        }
+    }
+
+    pub async fn require(&self, name: &str) -> Result<Link> {
+        self.by_name(name).await?.ok_or_else(|| LinkError {
+            op: "get link",
+            what: name.to_owned(),
+            err: rtnetlink::Error::RequestFailed,
+        })
+    }
+
+    async fn add(&self, msg: LinkMessage, what: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(fail("add link", what))
+    }
+
+    async fn set(&self, msg: LinkMessage, what: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(fail("set link", what))
+    }
+
+    /// Deletes a link; one that is already gone is fine.
+    pub async fn delete(&self, link: &Link) -> Result<()> {
+        match self.handle.link().del(link.index).execute().await {
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::ENODEV => Ok(()),
+            other => other.map_err(fail("delete link", link.name.clone())),
+        }
+    }
+
+    pub async fn add_bridge(&self, name: &str, mac: [u8; 6], mtu: u32, alias: &str) -> Result<()> {
+        let msg = LinkBridge::new(name)
+            .mcast_snooping(false)
+            .address(mac.to_vec())
+            .mtu(mtu)
+            .alias(alias)
+            .build();
+        self.add(msg, name).await
+    }
+
+    pub async fn add_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        local: Ipv4Addr,
+        port: u16,
+        mtu: u32,
+        alias: &str,
+    ) -> Result<()> {
+        let msg = LinkVxlan::new(name, vni)
+            .local(local)
+            .port(port)
+            .learning(false)
+            .mtu(mtu)
+            .alias(alias)
+            .build();
+        self.add(msg, name).await
+    }
+
+    /// A veth pair whose both ends start in this namespace.
+    pub async fn add_veth(&self, name: &str, peer: &str, mtu: u32) -> Result<()> {
+        let msg = LinkVeth::new(name, peer).mtu(mtu).build();
+        self.add(msg, name).await
+    }
+
+    pub async fn set_up(&self, link: &Link) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index).up().build(),
+            &link.name,
+        )
+        .await
+    }
+
+    pub async fn set_alias(&self, link: &Link, alias: &str) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index).alias(alias).build(),
+            &link.name,
+        )
+        .await
+    }
+
+    pub async fn set_mtu(&self, link: &Link, mtu: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index).mtu(mtu).build(),
+            &link.name,
+        )
+        .await
+    }
+
+    pub async fn set_controller(&self, link: &Link, bridge: u32) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index)
+                .controller(bridge)
+                .build(),
+            &link.name,
+        )
+        .await
+    }
+
+    /// Sets the bridge-port options of the VXLAN port: ARP/ND suppression, so that ARP
+    /// for the gateway (the same address on every node) and for tasks whose neighbour
+    /// entries are known never crosses the overlay.
+    pub async fn set_vxlan_port_options(&self, link: &Link) -> Result<()> {
+        let msg = LinkBridgePort::new(link.index).neigh_suppress(true).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(fail("set bridge port", link.name.clone()))
+    }
+
+    /// Moves a link into the namespace open at `fd`.
+    pub async fn move_to_netns(&self, link: &Link, fd: std::os::fd::RawFd) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index)
+                .setns_by_fd(fd)
+                .build(),
+            &link.name,
+        )
+        .await
+    }
+
+    pub async fn rename_and_set(&self, link: &Link, name: &str, mac: [u8; 6]) -> Result<()> {
+        self.set(
+            LinkUnspec::new_with_index(link.index)
+                .name(name.to_owned())
+                .address(mac.to_vec())
+                .build(),
+            &link.name,
+        )
+        .await
+    }
+
+    pub async fn addresses(&self, link: &Link) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(fail("dump addresses of", link.name.clone()))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            for a in &m.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                    out.push((*ip, m.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes `ip/prefix` the link's only IPv4 address.
+    pub async fn ensure_address(&self, link: &Link, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        let have = self.addresses(link).await?;
+        if have == [(ip, prefix)] {
+            return Ok(());
+        }
+        let what = format!("{ip}/{prefix} on {}", link.name);
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(fail("dump addresses of", link.name.clone()))?;
+        for m in msgs {
+            let v4 = m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(x)) if (*x, m.header.prefix_len) != (ip, prefix)));
+            if v4 {
+                self.handle
+                    .address()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(fail("delete address", what.clone()))?;
+            }
+        }
+        if !have.contains(&(ip, prefix)) {
+            self.handle
+                .address()
+                .add(link.index, IpAddr::V4(ip), prefix)
+                .execute()
+                .await
+                .map_err(fail("add address", what))?;
+        }
+        Ok(())
+    }
+
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(fail("add default route via", gateway.to_string()))
+    }
+
+    /// VXLAN forwarding entries of a device (those with a remote VTEP).
+    pub async fn fdb(&self, link: &Link) -> Result<Vec<FdbEntry>> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(fail("dump fdb of", link.name.clone()))?;
+        let mut out = Vec::new();
+        for m in msgs.iter().filter(|m| m.header.ifindex == link.index) {
+            let mut mac = None;
+            let mut dst = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+                    // AF_BRIDGE dumps carry NDA_DST unparsed.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from);
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(mac), Some(dst)) = (mac, dst) {
+                out.push(FdbEntry { mac, dst });
+            }
+        }
+        Ok(out)
+    }
+
+    fn fdb_message(link: &Link, e: FdbEntry) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = link.index;
+        m.header.state = NeighbourState::Permanent;
+        m.header.flags = NeighbourFlags::Own;
+        m.header.kind = RouteType::Unspec;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                e.dst,
+            )));
+        m
+    }
+
+    /// `bridge fdb append <mac> dev <vxlan> dst <ip>`: append, because the all-zero MAC
+    /// has one entry per peer (head-end replication of broadcast and unknown frames).
+    pub async fn fdb_append(&self, link: &Link, e: FdbEntry) -> Result<()> {
+        let what = format!(
+            "{} dst {} on {}",
+            crate::names::format_mac(&e.mac),
+            e.dst,
+            link.name
+        );
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(Self::fdb_message(
+            link, e,
+        )));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        let mut handle = self.handle.clone();
+        let mut resp = handle
+            .request(req)
+            .map_err(fail("append fdb", what.clone()))?;
+        while let Some(msg) = futures::StreamExt::next(&mut resp).await {
+            if let NetlinkPayload::Error(err) = msg.payload {
+                if err.raw_code().abs() == libc::EEXIST {
+                    return Ok(());
+                }
+                return Err(LinkError {
+                    op: "append fdb",
+                    what,
+                    err: rtnetlink::Error::NetlinkError(err),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn fdb_delete(&self, link: &Link, e: FdbEntry) -> Result<()> {
+        let what = format!(
+            "{} dst {} on {}",
+            crate::names::format_mac(&e.mac),
+            e.dst,
+            link.name
+        );
+        match self
+            .handle
+            .neighbours()
+            .del(Self::fdb_message(link, e))
+            .execute()
+            .await
+        {
+            Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::ENOENT => Ok(()),
+            other => other.map_err(fail("delete fdb", what)),
+        }
+    }
+
+    /// Permanent IPv4 neighbour entries on a link (the ones skiff programs; entries the
+    /// kernel learnt by ARP are never permanent).
+    pub async fn permanent_neighbours(&self, link: &Link) -> Result<Vec<Neighbour>> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(fail("dump neighbours of", link.name.clone()))?;
+        let mut out = Vec::new();
+        for m in msgs.iter().filter(|m| {
+            m.header.ifindex == link.index && m.header.state == NeighbourState::Permanent
+        }) {
+            let mut mac = None;
+            let mut ip = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(*i),
+                    _ => {}
+                }
+            }
+            if let (Some(mac), Some(ip)) = (mac, ip) {
+                out.push(Neighbour { ip, mac });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn neighbour_replace(&self, link: &Link, n: Neighbour) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(link.index, IpAddr::V4(n.ip))
+            .link_layer_address(&n.mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(fail(
+                "replace neighbour",
+                format!("{} on {}", n.ip, link.name),
+            ))
+    }
+
+    pub async fn neighbour_delete(&self, link: &Link, n: Neighbour) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = link.index;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                n.ip,
+            )));
+        match self.handle.neighbours().del(m).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENOENT => Ok(()),
+            other => other.map_err(fail(
+                "delete neighbour",
+                format!("{} on {}", n.ip, link.name),
+            )),
+        }
+    }
+
+    /// The link holding `ip`, for the underlay MTU.
+    pub async fn link_with_address(&self, ip: Ipv4Addr) -> Result<Option<Link>> {
+        for link in self.list().await? {
+            if self.addresses(&link).await?.iter().any(|(a, _)| *a == ip) {
+                return Ok(Some(link));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Kind name of a bridge as the kernel reports it.
+pub fn is_kind(link: &Link, kind: InfoKind) -> bool {
+    link.kind.as_deref() == Some(kind.to_string().as_str())
+}

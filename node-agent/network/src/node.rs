@@ -1,0 +1,335 @@
+//! `NodeNetwork`: the one object the agent holds. It keeps the last assignments and
+//! endpoint table it was given and converges links, namespaces, nftables and DNS to
+//! them; every call is idempotent, so the agent can simply call again after an error.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use skiff_proto::v1 as pb;
+use tokio::sync::Mutex;
+
+use crate::attach::{self, AttachError, Endpoint, NetworkMode};
+use crate::compat::{self, HostFirewall};
+use crate::dns::{self, Dns, DnsError, DnsTable};
+use crate::firewall::{self, FirewallError};
+use crate::link::{LinkError, Links};
+use crate::netns::{self, NetnsError, NetnsPath};
+use crate::overlay::{self, OverlayError, OverlayPlan, PlanError};
+
+/// How this node's networking is set up.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id (as in `pb::OverlayPeer::node_id`).
+    pub node_id: String,
+    /// This node's underlay address: the VXLAN source, and where published ports of
+    /// other nodes send mesh traffic.
+    pub underlay_ip: Ipv4Addr,
+    /// Namespaces go to `<run_dir>/netns/<task id>`.
+    pub run_dir: PathBuf,
+    /// The namespace that plays the node (tests); `None`: the agent's own.
+    pub netns: Option<PathBuf>,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// Port of the embedded DNS on each gateway address (53).
+    pub dns_port: u16,
+    /// Where names that are not services go; `None`: the host's /etc/resolv.conf.
+    pub dns_upstreams: Option<Vec<SocketAddr>>,
+}
+
+impl NodeConfig {
+    pub fn new(
+        node_id: impl Into<String>,
+        underlay_ip: Ipv4Addr,
+        run_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            node_id: node_id.into(),
+            underlay_ip,
+            run_dir: run_dir.into(),
+            netns: None,
+            vxlan_port: overlay::VXLAN_PORT,
+            dns_port: 53,
+            dns_upstreams: None,
+        }
+    }
+}
+
+/// Anything `NodeNetwork` can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+    #[error("writing sysctl {path}: {err}")]
+    Sysctl { path: String, err: std::io::Error },
+}
+
+#[derive(Default)]
+struct State {
+    assignments: pb::Assignments,
+    endpoints: Option<pb::EndpointTable>,
+    plan: OverlayPlan,
+    /// Local tasks and their endpoints.
+    tasks: BTreeMap<String, Vec<Endpoint>>,
+    /// The node table as last loaded.
+    node_rules: Option<String>,
+    /// Each task's table as last loaded.
+    task_rules: BTreeMap<String, String>,
+}
+
+/// Networking of one node.
+pub struct NodeNetwork {
+    cfg: NodeConfig,
+    host: Links,
+    mtu: u32,
+    dns: Dns,
+    host_firewall: std::sync::Mutex<HostFirewall>,
+    state: Mutex<State>,
+}
+
+/// Writes a sysctl inside `ns`.
+pub(crate) async fn sysctl(ns: Option<&Path>, key: &str, value: &str) -> Result<(), NetworkError> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let (p, v) = (path.clone(), value.to_owned());
+    netns::run_in_async(ns, move || std::fs::write(&p, v))
+        .await?
+        .map_err(|err| NetworkError::Sysctl { path, err })
+}
+
+impl NodeNetwork {
+    /// Opens netlink in the node's namespace, turns on IPv4 forwarding and finds the
+    /// underlay MTU.
+    pub async fn new(cfg: NodeConfig) -> Result<Self, NetworkError> {
+        let host = Links::new(netns::netlink(cfg.netns.as_deref()).await?);
+        sysctl(cfg.netns.as_deref(), "net.ipv4.ip_forward", "1").await?;
+        let underlay_mtu = match host.link_with_address(cfg.underlay_ip).await? {
+            Some(l) if l.mtu > 0 => l.mtu,
+            _ => {
+                tracing::warn!(ip = %cfg.underlay_ip, "no link holds the underlay address; assuming MTU 1500");
+                1500
+            }
+        };
+        let upstreams = cfg
+            .dns_upstreams
+            .clone()
+            .unwrap_or_else(|| dns::host_resolvers(Path::new("/etc/resolv.conf")));
+        let host_firewall = compat::cope(cfg.netns.as_deref()).await;
+        for line in host_firewall.diagnostics() {
+            tracing::info!("{line}");
+        }
+        Ok(Self {
+            host_firewall: std::sync::Mutex::new(host_firewall),
+            dns: Dns::new(cfg.netns.clone(), cfg.dns_port, upstreams),
+            mtu: underlay_mtu
+                .saturating_sub(overlay::VXLAN_OVERHEAD)
+                .max(576),
+            cfg,
+            host,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// MTU of bridges, VXLAN devices and container interfaces.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    async fn converge(&self, st: &mut State) -> Result<(), NetworkError> {
+        let plan = overlay::plan(
+            &st.assignments,
+            st.endpoints.as_ref(),
+            &self.cfg.node_id,
+            self.cfg.underlay_ip,
+        )?;
+        overlay::reconcile(
+            &self.host,
+            &plan,
+            self.cfg.underlay_ip,
+            self.cfg.vxlan_port,
+            self.mtu,
+        )
+        .await?;
+        st.plan = plan;
+        let gateways: Vec<Ipv4Addr> = st.plan.networks.values().map(|n| n.gateway).collect();
+        self.dns.listen_on(&gateways).await?;
+        self.refresh_names(st);
+        let rules = firewall::render_node(&self.cfg.node_id, &st.plan, st.endpoints.as_ref());
+        if st.node_rules.as_ref() != Some(&rules) {
+            firewall::apply(self.cfg.netns.as_deref(), rules.clone()).await?;
+            st.node_rules = Some(rules);
+        }
+        let tasks: Vec<String> = st.tasks.keys().cloned().collect();
+        for task in tasks {
+            self.apply_task_rules(st, &task).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_task_rules(&self, st: &mut State, task_id: &str) -> Result<(), NetworkError> {
+        let Some(eps) = st.tasks.get(task_id) else {
+            return Ok(());
+        };
+        let rules = firewall::render_task(eps, st.endpoints.as_ref());
+        if st.task_rules.get(task_id) == Some(&rules) {
+            return Ok(());
+        }
+        let path = attach::netns_path(&self.cfg.run_dir, task_id)?;
+        firewall::apply(Some(&path), rules.clone()).await?;
+        st.task_rules.insert(task_id.to_owned(), rules);
+        Ok(())
+    }
+
+    /// What the agent prints about this node's networking: the host firewall
+    /// (Docker's FORWARD DROP, br_netfilter) and what skiff did about it.
+    pub fn diagnostics(&self) -> Vec<String> {
+        let mut out = match self.host_firewall.lock() {
+            Ok(h) => h.diagnostics(),
+            Err(p) => p.into_inner().diagnostics(),
+        };
+        out.push(format!(
+            "overlay MTU {} (underlay {} minus VXLAN overhead)",
+            self.mtu, self.cfg.underlay_ip
+        ));
+        out
+    }
+
+    fn refresh_names(&self, st: &State) {
+        self.dns.set_table(DnsTable::build(
+            st.endpoints.as_ref(),
+            &st.plan.networks,
+            &st.tasks,
+        ));
+    }
+
+    /// The resolv.conf for a task's container: the embedded DNS on its first network's
+    /// gateway; `None` for tasks without networks (host mode: use the host's file).
+    pub async fn resolv_conf(&self, task_id: &str) -> Option<String> {
+        let st = self.state.lock().await;
+        let ep = st.tasks.get(task_id)?.first()?;
+        Some(dns::container_resolv_conf(ep.gateway))
+    }
+
+    /// Converges bridges, VXLAN devices and forwarding entries to the networks and
+    /// peers of `a` (level-triggered: what is not in `a` is removed).
+    pub async fn apply_assignments(&self, a: &pb::Assignments) -> Result<(), NetworkError> {
+        let mut st = self.state.lock().await;
+        st.assignments = pb::Assignments {
+            revision: a.revision,
+            tasks: Vec::new(),
+            networks: a.networks.clone(),
+            peers: a.peers.clone(),
+        };
+        self.converge(&mut st).await
+    }
+
+    /// Takes a new endpoint table: remote task entries, DNS names, VIPs, ports.
+    pub async fn apply_endpoints(&self, t: &pb::EndpointTable) -> Result<(), NetworkError> {
+        let mut st = self.state.lock().await;
+        st.endpoints = Some(t.clone());
+        self.converge(&mut st).await
+    }
+
+    /// Sets up a task's namespace before its container is created. Returns the path the
+    /// runtime joins, or `None` for `network_mode: host`.
+    pub async fn attach(
+        &self,
+        task_id: &str,
+        mode: NetworkMode,
+        attachments: &[pb::NetworkAttachment],
+    ) -> Result<Option<NetnsPath>, NetworkError> {
+        if mode == NetworkMode::Host {
+            return Ok(None);
+        }
+        let eps = {
+            let st = self.state.lock().await;
+            match mode {
+                NetworkMode::Networks => {
+                    attach::endpoints(task_id, attachments, &st.plan.networks)?
+                }
+                _ => Vec::new(),
+            }
+        };
+        // The namespace and veths of one task touch nothing another task's do: made
+        // without the node's lock, so a hundred tasks starting at once are set up side
+        // by side. Names and rules, which are shared, are updated under it.
+        let made = attach::attach(&self.host, &self.cfg.run_dir, task_id, &eps, self.mtu).await;
+        let mut st = self.state.lock().await;
+        match made {
+            Ok(ns) => {
+                st.tasks.insert(task_id.to_owned(), eps);
+                self.refresh_names(&st);
+                st.task_rules.remove(task_id);
+                if mode == NetworkMode::Networks {
+                    self.apply_task_rules(&mut st, task_id).await?;
+                }
+                Ok(Some(ns))
+            }
+            Err(err) => {
+                if let Err(cleanup) = attach::detach(&self.host, &self.cfg.run_dir, task_id).await {
+                    tracing::warn!(task = task_id, ?cleanup, "cleaning up a failed attach");
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Removes a task's veths and namespace (idempotent).
+    pub async fn detach(&self, task_id: &str) -> Result<(), NetworkError> {
+        let mut st = self.state.lock().await;
+        attach::detach(&self.host, &self.cfg.run_dir, task_id).await?;
+        st.tasks.remove(task_id);
+        st.task_rules.remove(task_id);
+        self.refresh_names(&st);
+        Ok(())
+    }
+
+    /// Detaches every task with a namespace under the run dir that is not in `keep`
+    /// (after an agent restart). Returns the tasks removed.
+    pub async fn gc(&self, keep: &[&str]) -> Result<Vec<String>, NetworkError> {
+        let mut removed = Vec::new();
+        for task in attach::attached_tasks(&self.cfg.run_dir) {
+            if !keep.contains(&task.as_str()) {
+                self.detach(&task).await?;
+                removed.push(task);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes everything skiff made on this node: task namespaces and veths, bridges
+    /// and VXLAN devices (for `leave` and tests).
+    pub async fn teardown(&self) -> Result<(), NetworkError> {
+        self.gc(&[]).await?;
+        let mut st = self.state.lock().await;
+        *st = State::default();
+        self.dns.stop().await;
+        overlay::remove_stale(&self.host, &OverlayPlan::default()).await?;
+        firewall::apply(
+            self.cfg.netns.as_deref(),
+            firewall::delete_script(firewall::NODE_TABLE),
+        )
+        .await?;
+        let hf = match self.host_firewall.lock() {
+            Ok(h) => h.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        compat::undo(self.cfg.netns.as_deref(), &hf).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! Root tests: two nodes (namespaces on a lab bridge) joined by skiff's VXLAN overlay;
+//! containers are namespaces made by `NodeNetwork::attach`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use skiff_network::link::Links;
+use skiff_network::{NetworkMode, names, netns};
+use skiff_proto::v1 as pb;
+
+const T: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
+    let lab = Lab::new(2).await;
+    let (a, b) = (&lab.nodes[0], &lab.nodes[1]);
+    let assign = pb::Assignments {
+        networks: vec![network("n1", 1, 4101)],
+        peers: lab.peers(),
+        ..Default::default()
+    };
+    for n in &lab.nodes {
+        n.net.apply_assignments(&assign).await.expect("assignments");
+        n.net.apply_assignments(&assign).await.expect("idempotent");
+    }
+    let ca = a
+        .net
+        .attach(
+            "ta",
+            NetworkMode::Networks,
+            &[attachment("n1", "10.213.1.2/24")],
+        )
+        .await
+        .expect("attach")
+        .expect("ns");
+    let cb = b
+        .net
+        .attach(
+            "tb",
+            NetworkMode::Networks,
+            &[attachment("n1", "10.213.1.3/24")],
+        )
+        .await
+        .expect("attach")
+        .expect("ns");
+    assert!(ca.as_path().starts_with(&a.net.config().run_dir));
+
+    let _srv = serve_tag(Some(cb.as_path()), sa("10.213.1.3", 7000), "b");
+    let got = eventually(Duration::from_secs(5), || {
+        fetch(Some(ca.as_path()), sa("10.213.1.3", 7000), T)
+    });
+    assert_eq!(
+        got, "b 10.213.1.2",
+        "reached b across the overlay with the source address kept"
+    );
+
+    // The VXLAN device holds exactly one flood entry, for the other node.
+    let al = Links::new(netns::netlink(Some(&a.ns)).await.expect("netlink"));
+    let vx = al.require(&names::vxlan("n1")).await.expect("vxlan");
+    let fdb = al.fdb(&vx).await.expect("fdb");
+    assert_eq!(fdb.len(), 1, "{fdb:?}");
+    assert_eq!(fdb[0].dst, b.ip);
+
+    // Node b leaves a's peer list: its entry goes and traffic stops; it comes back.
+    let mut alone = assign.clone();
+    alone.peers.retain(|p| p.node_id == a.id);
+    a.net.apply_assignments(&alone).await.expect("assignments");
+    assert!(al.fdb(&vx).await.expect("fdb").is_empty());
+    assert!(
+        fetch(
+            Some(ca.as_path()),
+            sa("10.213.1.3", 7000),
+            Duration::from_millis(500)
+        )
+        .is_err()
+    );
+    a.net.apply_assignments(&assign).await.expect("assignments");
+    eventually(Duration::from_secs(5), || {
+        fetch(Some(ca.as_path()), sa("10.213.1.3", 7000), T)
+    });
+
+    // Endpoint table: remote tasks get exact FDB and neighbour entries.
+    let table = pb::EndpointTable {
+        revision: 1,
+        services: vec![pb::ServiceEndpoint {
+            network_id: "n1".into(),
+            name: "web".into(),
+            tasks: vec![pb::TaskEndpoint {
+                task_id: "tb".into(),
+                addr: "10.213.1.3".into(),
+                node_id: b.id.clone(),
+            }],
+            ..Default::default()
+        }],
+    };
+    a.net.apply_endpoints(&table).await.expect("endpoints");
+    assert_eq!(al.fdb(&vx).await.expect("fdb").len(), 2);
+    let br = al.require(&names::bridge("n1")).await.expect("bridge");
+    assert_eq!(al.permanent_neighbours(&br).await.expect("neigh").len(), 1);
+    eventually(Duration::from_secs(5), || {
+        fetch(Some(ca.as_path()), sa("10.213.1.3", 7000), T)
+    });
+
+    // Detach removes the veth and the namespace; teardown leaves no skiff link.
+    a.net.detach("ta").await.expect("detach");
+    a.net.detach("ta").await.expect("detach is idempotent");
+    assert!(!ca.as_path().exists());
+    assert!(
+        owned_links(&a.ns)
+            .await
+            .iter()
+            .all(|l| !l.starts_with(names::HOST_VETH_PREFIX))
+    );
+    lab.teardown().await;
+    for n in &lab.nodes {
+        assert_eq!(owned_links(&n.ns).await, Vec::<String>::new());
+        assert!(skiff_network::attach::attached_tasks(&n.net.config().run_dir).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_modes_host_and_none() {
+    let lab = Lab::new(1).await;
+    let n = &lab.nodes[0];
+    assert_eq!(
+        n.net
+            .attach("th", NetworkMode::Host, &[])
+            .await
+            .expect("host"),
+        None
+    );
+    let ns = n
+        .net
+        .attach("tn", NetworkMode::None, &[])
+        .await
+        .expect("none")
+        .expect("ns");
+    let l = Links::new(netns::netlink(Some(ns.as_path())).await.expect("netlink"));
+    let links = l.list().await.expect("links");
+    assert_eq!(
+        links.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        ["lo"]
+    );
+    assert!(links[0].up);
+    // A task with an unassigned network is refused and leaves nothing behind.
+    let err = n
+        .net
+        .attach(
+            "tx",
+            NetworkMode::Networks,
+            &[attachment("nope", "10.213.9.2/24")],
+        )
+        .await;
+    assert!(err.is_err());
+    assert!(!n.net.config().run_dir.join("netns/tx").exists());
+    assert_eq!(n.net.gc(&[]).await.expect("gc"), ["tn"]);
+    lab.teardown().await;
+}
