@@ -158,6 +158,9 @@ pub enum Command {
     /// Volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Images in the nodes' stores: list, pull ahead of a deployment, remove.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// The cluster itself.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -251,6 +254,33 @@ pub enum VolumeCommand {
         volume: String,
         #[arg(short, long)]
         project: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List the images on every ready node (or one).
+    Ls {
+        /// Only this node (id or hostname).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Pull an image onto every ready node (or one), e.g. before a deployment.
+    Pull {
+        /// The image reference, e.g. `registry.example:5000/web:2`.
+        reference: String,
+        /// Only this node (id or hostname).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Remove an image from every ready node (or one) and free its layers; a node
+    /// where a task still uses it refuses.
+    Rm {
+        /// The image reference.
+        reference: String,
+        /// Only this node (id or hostname).
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 

@@ -287,6 +287,7 @@ impl Agent {
 
         let api = AgentApi::new(
             runtime.clone(),
+            images.clone(),
             node_id.clone(),
             names,
             tracker.clone(),

@@ -1,5 +1,6 @@
-//! The agent API (`skiff.v1.Agent`): task logs and exec for the masters, which proxy
-//! `skiffctl logs` and `skiffctl exec` to the node that runs the task. Served with mTLS;
+//! The agent API (`skiff.v1.Agent`): task logs, exec and the node's images for the
+//! masters, which proxy `skiffctl logs`, `skiffctl exec` and `skiffctl image` to the
+//! node(s) concerned. Served with mTLS;
 //! only certificates of role manager get in (the interceptor in `agent.rs`).
 //!
 //! ```text
@@ -17,6 +18,7 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
+use skiff_image::{Image, ImageError, ImageStore, Reference};
 use skiff_proto::v1 as pb;
 use skiff_proto::v1::agent_server::Agent;
 use skiff_runtime::{ContainerId, ExecOptions, LogEntry, LogOptions, Runtime, RuntimeError};
@@ -28,14 +30,26 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-/// Task id → "<service>.<slot>", kept current from the assignments.
+/// The node's assigned tasks as the API needs them: task id → ("<service>.<slot>", image
+/// reference as the spec gives it), kept current from the assignments.
 #[derive(Clone, Debug, Default)]
-pub struct TaskNames(Arc<RwLock<HashMap<String, String>>>);
+pub struct TaskNames(Arc<RwLock<HashMap<String, (String, String)>>>);
 
 impl TaskNames {
     /// Replaces the names with those of `tasks`.
     pub fn set(&self, tasks: &[pb::Task]) {
-        let names = tasks.iter().map(|t| (t.id.clone(), task_name(t))).collect();
+        let names = tasks
+            .iter()
+            .map(|t| {
+                let image = t
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.container.as_ref())
+                    .map(|c| c.image.clone())
+                    .unwrap_or_default();
+                (t.id.clone(), (task_name(t), image))
+            })
+            .collect();
         *self
             .0
             .write()
@@ -47,8 +61,23 @@ impl TaskNames {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(task_id)
-            .cloned()
+            .map(|(name, _)| name.clone())
             .unwrap_or_default()
+    }
+
+    /// The names of the tasks whose image is `reference` (compared normalized), sorted.
+    pub fn using(&self, reference: &Reference) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter(|(_, image)| Reference::parse(image).is_ok_and(|r| r == *reference))
+            .map(|(name, _)| name.clone())
+            .collect();
+        users.sort();
+        users.dedup();
+        users
     }
 }
 
@@ -65,6 +94,7 @@ pub fn task_name(t: &pb::Task) -> String {
 #[derive(Clone)]
 pub struct AgentApi {
     runtime: Runtime,
+    images: ImageStore,
     node_id: String,
     names: TaskNames,
     tracker: TaskTracker,
@@ -75,6 +105,7 @@ impl AgentApi {
     /// Exec sessions are spawned on `tracker` and killed when `shutdown` fires.
     pub fn new(
         runtime: Runtime,
+        images: ImageStore,
         node_id: String,
         names: TaskNames,
         tracker: TaskTracker,
@@ -82,6 +113,7 @@ impl AgentApi {
     ) -> Self {
         AgentApi {
             runtime,
+            images,
             node_id,
             names,
             tracker,
@@ -112,6 +144,35 @@ impl AgentApi {
             other => Status::internal(format!("task {task_id}: {other}")),
         }
     }
+
+    fn image_info(&self, image: &Image) -> pb::ImageInfo {
+        pb::ImageInfo {
+            reference: image.reference.to_string(),
+            id: image.id.to_string(),
+            digest: image.digest.to_string(),
+            size: image.size,
+            used_by: self.names.using(&image.reference),
+            node_id: self.node_id.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn reference(input: &str) -> Result<Reference, Status> {
+    Reference::parse(input)
+        .map_err(|e| Status::invalid_argument(format!("image reference {input:?}: {e}")))
+}
+
+/// An image store error as a status: an image the node lacks is NOT_FOUND; anything
+/// else (an unknown image or registry, a bad digest) is FAILED_PRECONDITION with the
+/// store's reason, which names the reference and the registry.
+fn image_status(reference: &Reference, err: ImageError) -> Status {
+    match err {
+        ImageError::NotFound { .. } => {
+            Status::not_found(format!("image {reference} is not on this node"))
+        }
+        other => Status::failed_precondition(format!("image {reference}: {other}")),
+    }
 }
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -120,6 +181,61 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl Agent for AgentApi {
     type TaskLogsStream = Stream_<pb::LogLine>;
     type TaskExecStream = Stream_<pb::ExecOutput>;
+
+    async fn list_images(
+        &self,
+        _request: Request<pb::AgentListImagesRequest>,
+    ) -> Result<Response<pb::AgentImages>, Status> {
+        let images = self
+            .images
+            .list()
+            .await
+            .map_err(|e| Status::internal(format!("listing images: {e}")))?;
+        Ok(Response::new(pb::AgentImages {
+            images: images.iter().map(|i| self.image_info(i)).collect(),
+        }))
+    }
+
+    async fn pull_image(
+        &self,
+        request: Request<pb::AgentPullImageRequest>,
+    ) -> Result<Response<pb::AgentImages>, Status> {
+        let r = reference(&request.get_ref().reference)?;
+        tracing::info!(image = %r, "pull asked by a master");
+        let image = self
+            .images
+            .pull(&r, |_| {})
+            .await
+            .map_err(|e| image_status(&r, e))?;
+        Ok(Response::new(pb::AgentImages {
+            images: vec![self.image_info(&image)],
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<pb::AgentRemoveImageRequest>,
+    ) -> Result<Response<pb::AgentRemoveImageResponse>, Status> {
+        let r = reference(&request.get_ref().reference)?;
+        let users = self.names.using(&r);
+        if !users.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "image {r} is used by task {} on this node",
+                users.join(", ")
+            )));
+        }
+        self.images
+            .remove(&r)
+            .await
+            .map_err(|e| image_status(&r, e))?;
+        let freed_bytes = self
+            .images
+            .gc()
+            .await
+            .map_err(|e| Status::internal(format!("freeing the layers of {r}: {e}")))?;
+        tracing::info!(image = %r, freed_bytes, "image removed");
+        Ok(Response::new(pb::AgentRemoveImageResponse { freed_bytes }))
+    }
 
     async fn task_logs(
         &self,

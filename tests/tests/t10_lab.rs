@@ -92,9 +92,19 @@ fn teardown_removes_namespaces_links_cgroups_and_processes() {
         }
     })
     .expect("daemons run");
-    // The daemon runs inside the machine's namespace.
-    let ns_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("ns link");
-    assert_ne!(ns_of(daemon.pid), ns_of(std::process::id()));
+    // The daemon runs inside the machine's namespace (once `nsenter`, which the pid
+    // starts as, has entered it and exec'd the program).
+    let ns_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    let host_ns = ns_of(std::process::id());
+    eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || match ns_of(daemon.pid) {
+            Some(ns) if Some(&ns) != host_ns.as_ref() => Ok(()),
+            other => Err(format!("daemon in {other:?}, the host's is {host_ns:?}")),
+        },
+    )
+    .expect("the daemon enters the machine's namespace");
 
     lab.teardown();
     assert!(!daemon.alive());

@@ -316,7 +316,8 @@ fn losing_the_leader_an_agent_or_a_link_keeps_the_desired_replicas() {
 }
 
 #[test]
-fn an_update_that_fails_its_health_check_rolls_back_and_an_agent_restart_keeps_containers() {
+fn an_update_that_fails_its_health_check_rolls_back_and_an_agent_restart_keeps_containers_and_traffic()
+ {
     let _one = ONE_LAB.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = cluster(1, 2);
     let image = c.push_busybox("busybox:latest").expect("push busybox");
@@ -339,6 +340,13 @@ services:
         parallelism: 1
         monitor: 5s
         failure_action: rollback
+  client:
+    image: {image}
+    command: ["sleep", "100000"]
+    deploy:
+      replicas: 2
+      placement:
+        max_replicas_per_node: 1
 "#
         )
     };
@@ -367,6 +375,55 @@ services:
     .unwrap_or_else(|e| panic!("{e}"));
     running(&c, "roll_web", 2, Duration::from_secs(60));
 
+    // A client on each agent reaches web by name (the VIP spreads over both replicas).
+    let clients: Vec<i64> = running(&c, "roll_client", 2, Duration::from_secs(60))
+        .iter()
+        .filter_map(|t| t["pid"].as_i64())
+        .collect();
+    // Traffic goes to web's VIP (what the name resolves to): the kernel's VXLAN, bridge
+    // and nft state carry it while the agent is away. (The embedded DNS lives in the
+    // agent: lookups in the instant between the old agent exiting and the new one
+    // binding fail; see docs/network.md.)
+    let lookup = in_container(clients[0], &["nslookup", "web"]).expect("nslookup web");
+    let vip = answers(&lookup)
+        .first()
+        .cloned()
+        .expect("web has an address");
+    let url = format!("http://{vip}/etc/passwd");
+    let fetch = move |pid: i64| in_container(pid, &["wget", "-q", "-O", "/dev/null", &url]);
+    // The rolled-back replicas settle: ten answers in a row for each client.
+    for &pid in &clients {
+        c.wait(
+            "roll_client",
+            "web answers ten times in a row",
+            Duration::from_secs(30),
+            || (0..10).try_for_each(|_| fetch(pid).map(drop)),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // From here until the agent is back, every fetch must succeed.
+    let stop_traffic = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t0 = std::time::Instant::now();
+    let mut phases = Vec::new();
+    let traffic = {
+        let stop = stop_traffic.clone();
+        let clients = clients.clone();
+        let fetch = fetch.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for &pid in &clients {
+                    match fetch(pid) {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(format!("{:.1}s: {e}", t0.elapsed().as_secs_f64())),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
+    };
+
     // The agent stops and starts again: its containers keep running, same processes.
     let on_a1: Vec<i64> = tasks(&c, "roll_web")
         .expect("tasks")
@@ -374,6 +431,7 @@ services:
         .filter(|t| t["node"].as_str().map(|n| agent_named(&c, n)) == Some("a1".into()))
         .filter_map(|t| t["pid"].as_i64())
         .collect();
+    phases.push(format!("{:.1}s: stopping a1", t0.elapsed().as_secs_f64()));
     let stopped = c
         .lab
         .stop_machine("a1", Duration::from_secs(10))
@@ -384,14 +442,25 @@ services:
             "container {pid} died with its agent"
         );
     }
+    phases.push(format!("{:.1}s: starting a1", t0.elapsed().as_secs_f64()));
     c.lab.restart_machine("a1", &stopped).expect("start a1");
     c.wait_node_ready("a1", Duration::from_secs(30))
         .expect("a1 ready");
+    phases.push(format!("{:.1}s: a1 ready", t0.elapsed().as_secs_f64()));
     let after = running(&c, "roll_web", 2, Duration::from_secs(30));
     let pids_after: Vec<i64> = after.iter().filter_map(|t| t["pid"].as_i64()).collect();
     for pid in &on_a1 {
         assert!(pids_after.contains(pid), "{pid} not adopted: {after:?}");
     }
+    // Some more traffic with the agent back (it re-applied its network state).
+    std::thread::sleep(Duration::from_secs(3));
+    stop_traffic.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = traffic.join().expect("traffic thread");
+    assert!(
+        failed.is_empty() && ok > 20,
+        "traffic through an agent restart ({phases:?}): {ok} fetches answered, {} failed: {failed:?}",
+        failed.len()
+    );
     drop(first);
 }
 
@@ -590,6 +659,67 @@ services:
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
+
+    images_on_the_nodes(&c, &image);
+}
+
+/// `skiffctl image`: what each node holds and which task uses it, a pull onto every
+/// node, a removal refused where a task uses the image and done where none does.
+fn images_on_the_nodes(c: &Cluster, busybox: &str) {
+    let images = |args: &[&str]| -> Vec<Value> {
+        let mut full = vec!["image"];
+        full.extend_from_slice(args);
+        let out = c.ctl_json(&full).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out["errors"], serde_json::json!([]), "{out}");
+        out["images"].as_array().cloned().unwrap_or_default()
+    };
+    let with = |rows: &[Value], reference: &str| -> Vec<Value> {
+        rows.iter()
+            .filter(|r| r["reference"] == reference)
+            .cloned()
+            .collect()
+    };
+    // shop_client and other_intruder run somewhere; each such node lists busybox as used.
+    let listed = images(&["ls"]);
+    let used: Vec<String> = with(&listed, busybox)
+        .iter()
+        .flat_map(|r| r["used_by"].as_array().cloned().unwrap_or_default())
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        used.iter().any(|u| u.starts_with("shop_client."))
+            && used.iter().any(|u| u.starts_with("other_intruder.")),
+        "{listed:?}"
+    );
+
+    let tools = c.push_busybox("tools:2").expect("push tools");
+    let pulled = images(&["pull", &tools]);
+    assert_eq!(with(&pulled, &tools).len(), 2, "one per agent: {pulled:?}");
+    let a1 = pulled[0]["node"].as_str().expect("node").to_owned();
+    let on_a1 = images(&["ls", "--node", &a1]);
+    assert!(on_a1.iter().all(|r| r["node"] == a1.as_str()), "{on_a1:?}");
+    assert_eq!(with(&on_a1, &tools)[0]["used_by"], serde_json::json!([]));
+
+    let rm = ["image", "rm", busybox];
+    let refused = c.ctl(&rm);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("used by task"), "{refused:?}");
+    let removed = images(&["rm", &tools]);
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    // tools:2 is busybox under another name: its layers stay for busybox.
+    assert!(
+        removed.iter().all(|r| r["freed_bytes"].is_u64()),
+        "{removed:?}"
+    );
+    let left = images(&["ls"]);
+    assert!(with(&left, &tools).is_empty(), "{left:?}");
+    assert!(!with(&left, busybox).is_empty(), "{left:?}");
+
+    let nothing = format!("{}/nothing:1", c.registry);
+    let pull = ["image", "pull", nothing.as_str()];
+    let failed = c.ctl(&pull);
+    assert_eq!(failed.code, 1, "{failed:?}");
+    assert!(failed.stderr.contains("nothing"), "{failed:?}");
 }
 
 /// The addresses in busybox `nslookup` output (not the server's).

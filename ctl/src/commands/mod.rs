@@ -6,6 +6,7 @@ mod cluster;
 mod context;
 pub mod deploy;
 mod exec;
+mod images;
 mod logs;
 mod nodes;
 mod resources;
@@ -182,6 +183,7 @@ async fn dispatch(
         Command::Node(cmd) => nodes::run(&mut client, cmd, format).await,
         Command::Network(cmd) => resources::network(&mut client, cmd, format).await,
         Command::Volume(cmd) => resources::volume(&mut client, cmd, format).await,
+        Command::Image(cmd) => images::run(&mut client, cmd, format).await,
         Command::Cluster(cmd) => cluster::cluster(&mut client, cmd, format).await,
         Command::Master(cmd) => cluster::master(&mut client, cmd, format).await,
         Command::Token(cmd) => cluster::token(&mut client, cmd, format).await,

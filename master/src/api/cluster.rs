@@ -910,6 +910,42 @@ impl ClusterApi for ClusterService {
         Ok(Response::new(Box::pin(output)))
     }
 
+    async fn list_images(
+        &self,
+        req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::NodeImagesResponse>, Status> {
+        self.admin(&req)?;
+        let r = req.into_inner();
+        let op = super::images::Op::List;
+        Ok(Response::new(
+            super::images::run(&self.master, &self.agents, &r.node, op).await?,
+        ))
+    }
+
+    async fn pull_image(
+        &self,
+        req: Request<pb::PullImageRequest>,
+    ) -> Result<Response<pb::NodeImagesResponse>, Status> {
+        self.admin(&req)?;
+        let r = req.into_inner();
+        let op = super::images::Op::Pull(r.reference);
+        Ok(Response::new(
+            super::images::run(&self.master, &self.agents, &r.node, op).await?,
+        ))
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::NodeImagesResponse>, Status> {
+        self.admin(&req)?;
+        let r = req.into_inner();
+        let op = super::images::Op::Remove(r.reference);
+        Ok(Response::new(
+            super::images::run(&self.master, &self.agents, &r.node, op).await?,
+        ))
+    }
+
     type BackupStream = BoxStream<pb::BackupChunk>;
 
     async fn backup(

@@ -4,5 +4,6 @@
 pub mod auth;
 pub mod cluster;
 pub mod deploy;
+pub mod images;
 pub mod proxy;
 pub mod status;
