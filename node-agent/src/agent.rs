@@ -53,6 +53,10 @@ pub const ASSIGNMENTS_FILE: &str = "assignments.pb";
 /// The last endpoint table, in the data dir.
 pub const ENDPOINTS_FILE: &str = "endpoints.pb";
 /// How long shutdown waits for the agent's tasks.
+/// The DNS socket keeper's socket, in the data directory.
+pub const DNS_KEEPER_SOCKET: &str = "dns-keeper.sock";
+/// Hidden subcommand the agent re-executes itself with to become the keeper.
+pub const KEEPER_COMMAND: &str = "keep-dns-sockets";
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Heartbeat period until a master says otherwise (Swarm's 5 s).
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -193,6 +197,11 @@ impl Agent {
         let mut ncfg = NodeConfig::new(&node_id, self.underlay, &s.data_dir);
         ncfg.netns = s.network_namespace.clone();
         ncfg.dns_upstreams = s.dns_upstreams.clone();
+        let data_dir = s.data_dir.clone();
+        ncfg.dns_keeper = tokio::task::spawn_blocking(move || start_dns_keeper(&data_dir))
+            .await
+            .ok()
+            .flatten();
         let network = Arc::new(NodeNetwork::new(ncfg).await?);
         // The host firewall findings were logged by the network itself; the full list
         // (with the MTU) is for debugging.
@@ -332,6 +341,53 @@ impl Agent {
         tracing::info!(node = %node_id, "agent stopped; containers keep running");
         result
     }
+}
+
+/// Makes sure the process keeping the embedded DNS's sockets across restarts runs: the
+/// previous agent's, or a new one (this binary, re-executed, in its own process group so
+/// it outlives the agent as the shims do). Returns its socket, or None if it cannot
+/// start (the DNS then works without it; only restarts show a gap). Blocking.
+fn start_dns_keeper(data_dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::process::CommandExt;
+    let path = data_dir.join(DNS_KEEPER_SOCKET);
+    let keeper = skiff_network::dns::keeper::Keeper::new(&path);
+    if keeper.is_running() {
+        return Some(path);
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => {
+            tracing::warn!(%err, "no DNS socket keeper: cannot find this executable");
+            return None;
+        }
+    };
+    let spawned = std::process::Command::new(&exe)
+        .arg(KEEPER_COMMAND)
+        .arg("--socket")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
+    match spawned {
+        // Reaped if it ends while this agent runs (QUIT when the node leaves).
+        Ok(mut child) => drop(std::thread::spawn(move || child.wait())),
+        Err(err) => {
+            tracing::warn!(%err, exe = %exe.display(), "no DNS socket keeper: cannot start it");
+            return None;
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        if keeper.is_running() {
+            tracing::info!(socket = %path.display(), "DNS socket keeper started");
+            return Some(path);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::warn!(socket = %path.display(), "no DNS socket keeper: it did not answer");
+    None
 }
 
 /// "v1" or "v2", as `NodeDescription.cgroup_driver` says it.
@@ -511,11 +567,10 @@ async fn restore_network(
     endpoints: Option<&pb::EndpointTable>,
     run_dir: &Path,
 ) {
-    if !assignments.networks.is_empty() || !assignments.peers.is_empty() {
-        apply_assignments(network, assignments).await;
-    }
-    if let Some(t) = endpoints {
-        apply_endpoints(network, t).await;
+    if (!assignments.networks.is_empty() || !assignments.peers.is_empty())
+        && let Err(err) = network.restore(assignments, endpoints).await
+    {
+        tracing::warn!(%err, "restoring the node network from what was persisted");
     }
     let containers = match runtime.list().await {
         Ok(c) => c,

@@ -38,11 +38,27 @@ enum Command {
     Run,
     /// Print the settings this agent would run with (flags, environment and file merged).
     ShowConfig,
+    /// Internal: the process `run` starts to keep the embedded DNS's sockets open while
+    /// the agent restarts (skiff_network::dns::keeper).
+    #[command(name = "keep-dns-sockets", hide = true)]
+    KeepDnsSockets {
+        #[arg(long)]
+        socket: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     skiff_pki::install_crypto_provider();
     let cli = Cli::parse();
+    if let Command::KeepDnsSockets { socket } = &cli.command {
+        return match skiff_network::dns::keeper::serve(socket) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("skiff-agent: {err}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match cli.global.resolve() {
         Ok(settings) => settings,
         Err(err) => {

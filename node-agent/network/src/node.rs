@@ -35,6 +35,9 @@ pub struct NodeConfig {
     pub dns_port: u16,
     /// Where names that are not services go; `None`: the host's /etc/resolv.conf.
     pub dns_upstreams: Option<Vec<SocketAddr>>,
+    /// The socket of the process that keeps the DNS sockets open across agent
+    /// restarts (`dns::keeper`); `None`: no keeper.
+    pub dns_keeper: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -51,6 +54,7 @@ impl NodeConfig {
             vxlan_port: overlay::VXLAN_PORT,
             dns_port: 53,
             dns_upstreams: None,
+            dns_keeper: None,
         }
     }
 }
@@ -131,7 +135,13 @@ impl NodeNetwork {
         }
         Ok(Self {
             host_firewall: std::sync::Mutex::new(host_firewall),
-            dns: Dns::new(cfg.netns.clone(), cfg.dns_port, upstreams),
+            dns: {
+                let dns = Dns::new(cfg.netns.clone(), cfg.dns_port, upstreams);
+                match &cfg.dns_keeper {
+                    Some(path) => dns.with_keeper(crate::dns::keeper::Keeper::new(path)),
+                    None => dns,
+                }
+            },
             mtu: underlay_mtu
                 .saturating_sub(overlay::VXLAN_OVERHEAD)
                 .max(576),
@@ -166,9 +176,10 @@ impl NodeNetwork {
         )
         .await?;
         st.plan = plan;
+        // Names first: sockets taken back from the keeper may hold queries already.
+        self.refresh_names(st);
         let gateways: Vec<Ipv4Addr> = st.plan.networks.values().map(|n| n.gateway).collect();
         self.dns.listen_on(&gateways).await?;
-        self.refresh_names(st);
         let rules = firewall::render_node(&self.cfg.node_id, &st.plan, st.endpoints.as_ref());
         if st.node_rules.as_ref() != Some(&rules) {
             firewall::apply(self.cfg.netns.as_deref(), rules.clone()).await?;
@@ -235,6 +246,24 @@ impl NodeNetwork {
             networks: a.networks.clone(),
             peers: a.peers.clone(),
         };
+        self.converge(&mut st).await
+    }
+
+    /// Takes the assignments' networks and peers and the endpoint table together (after
+    /// a restart, from what was persisted): the DNS starts answering with every name.
+    pub async fn restore(
+        &self,
+        a: &pb::Assignments,
+        t: Option<&pb::EndpointTable>,
+    ) -> Result<(), NetworkError> {
+        let mut st = self.state.lock().await;
+        st.assignments = pb::Assignments {
+            revision: a.revision,
+            tasks: Vec::new(),
+            networks: a.networks.clone(),
+            peers: a.peers.clone(),
+        };
+        st.endpoints = t.cloned();
         self.converge(&mut st).await
     }
 
@@ -318,7 +347,7 @@ impl NodeNetwork {
         self.gc(&[]).await?;
         let mut st = self.state.lock().await;
         *st = State::default();
-        self.dns.stop().await;
+        self.dns.shut_down().await;
         overlay::remove_stale(&self.host, &OverlayPlan::default()).await?;
         firewall::apply(
             self.cfg.netns.as_deref(),

@@ -226,8 +226,13 @@ impl Sandbox {
         ]
     }
 
-    /// Kills the containers and removes the cgroups and namespaces under `data_dir`.
+    /// Kills the containers and removes the cgroups and namespaces under `data_dir`,
+    /// and stops the agent's DNS socket keeper.
     fn clean_data_dir(&self, data_dir: &Path) {
+        let keeper = skiff_network::dns::keeper::Keeper::new(
+            data_dir.join(skiff_agent::agent::DNS_KEEPER_SOCKET),
+        );
+        let _ = keeper.quit();
         let layout = skiff_runtime::Layout::probe().ok();
         let state = data_dir.join("containers");
         if let Ok(entries) = std::fs::read_dir(&state) {
@@ -275,7 +280,11 @@ impl Drop for Sandbox {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.join("containers").is_dir() || p.join("netns").is_dir())
+            .filter(|p| {
+                p.join("containers").is_dir()
+                    || p.join("netns").is_dir()
+                    || p.join(skiff_agent::agent::DNS_KEEPER_SOCKET).exists()
+            })
             .collect();
         for d in dirs {
             self.clean_data_dir(&d);

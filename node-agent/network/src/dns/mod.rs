@@ -3,11 +3,17 @@
 //! container's resolv.conf names its first network's gateway. Names of services on the
 //! asker's networks are answered from [`DnsTable`]; everything else is forwarded, over
 //! the protocol the query came in on, to the host's resolvers (from /etc/resolv.conf).
+//!
+//! With a [`keeper::Keeper`], every socket is also handed to the keeper process, and an
+//! agent that starts takes the sockets of its predecessor back instead of binding anew:
+//! lookups made while the agent restarts wait in the sockets' queues, none is refused.
 
+pub mod keeper;
 pub mod table;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -221,7 +227,13 @@ pub struct Dns {
     port: u16,
     handler: Handler,
     servers: tokio::sync::Mutex<BTreeMap<Ipv4Addr, Server<Handler>>>,
+    keeper: Option<keeper::Keeper>,
+    /// Sockets the keeper held when this DNS first listened, not yet taken up.
+    inherited: tokio::sync::Mutex<Option<Vec<keeper::KeptSocket>>>,
 }
+
+/// A gateway's UDP socket and TCP listener, bound or inherited.
+type Sockets = (std::net::UdpSocket, std::net::TcpListener);
 
 impl Dns {
     /// `ns`: the node's namespace (listeners are bound there); `port`: 53 except in
@@ -235,7 +247,99 @@ impl Dns {
                 upstreams: Arc::new(upstreams),
             },
             servers: tokio::sync::Mutex::new(BTreeMap::new()),
+            keeper: None,
+            inherited: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Keeps the sockets open across restarts through the keeper at `keeper`.
+    pub fn with_keeper(mut self, keeper: keeper::Keeper) -> Self {
+        self.keeper = Some(keeper);
+        self
+    }
+
+    /// Runs a blocking keeper call off the async threads; failures are logged, never
+    /// fatal: without the keeper the DNS still works, only restarts show a gap.
+    async fn ask_keeper<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        call: impl FnOnce(&keeper::Keeper) -> Result<T, keeper::KeeperError> + Send + 'static,
+    ) -> Option<T> {
+        let k = self.keeper.clone()?;
+        match tokio::task::spawn_blocking(move || call(&k)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "DNS socket keeper: {what}");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(%err, "DNS socket keeper: {what}");
+                None
+            }
+        }
+    }
+
+    /// The gateway's sockets the previous agent left with the keeper, if both are there.
+    async fn take_inherited(&self, addr: SocketAddr) -> Option<Sockets> {
+        let mut inherited = self.inherited.lock().await;
+        if inherited.is_none() {
+            *inherited = Some(
+                self.ask_keeper("taking sockets back", |k| k.sockets())
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        let kept = inherited.as_mut()?;
+        let mut take = |proto| {
+            let i = kept
+                .iter()
+                .position(|k| k.addr == addr && k.proto == proto)?;
+            Some(kept.swap_remove(i).fd)
+        };
+        let (udp, tcp) = (take(keeper::Proto::Udp), take(keeper::Proto::Tcp));
+        let udp = std::net::UdpSocket::from(udp?);
+        let tcp = std::net::TcpListener::from(tcp?);
+        if udp.set_nonblocking(true).is_err() || tcp.set_nonblocking(true).is_err() {
+            return None;
+        }
+        Some((udp, tcp))
+    }
+
+    /// Tells the keeper to let go of the inherited sockets no network wants any more.
+    async fn forget_unwanted(&self) {
+        let leftovers: Vec<SocketAddr> = {
+            let mut inherited = self.inherited.lock().await;
+            let Some(kept) = inherited.as_mut() else {
+                return;
+            };
+            kept.drain(..).map(|k| k.addr).collect()
+        };
+        for addr in leftovers {
+            self.ask_keeper("forgetting a socket", move |k| k.forget(addr))
+                .await;
+        }
+    }
+
+    /// Binds a gateway's sockets in the calling thread's namespace.
+    fn bind(addr: SocketAddr) -> Result<Sockets, DnsError> {
+        let udp = std::net::UdpSocket::bind(addr).map_err(|err| DnsError::Bind {
+            proto: "udp",
+            addr,
+            err,
+        })?;
+        let tcp = std::net::TcpListener::bind(addr).map_err(|err| DnsError::Bind {
+            proto: "tcp",
+            addr,
+            err,
+        })?;
+        for r in [udp.set_nonblocking(true), tcp.set_nonblocking(true)] {
+            r.map_err(|err| DnsError::Bind {
+                proto: "socket",
+                addr,
+                err,
+            })?;
+        }
+        Ok((udp, tcp))
     }
 
     pub fn set_table(&self, table: DnsTable) {
@@ -257,33 +361,37 @@ impl Dns {
             if let Some(mut s) = servers.remove(&a) {
                 let _ = s.shutdown_gracefully().await;
             }
+            let addr = SocketAddr::new(IpAddr::V4(a), self.port);
+            self.ask_keeper("forgetting a socket", move |k| k.forget(addr))
+                .await;
         }
         for &a in addrs {
             if servers.contains_key(&a) {
                 continue;
             }
             let addr = SocketAddr::new(IpAddr::V4(a), self.port);
-            let (udp, tcp) = netns::run_in_async(self.ns.as_deref(), move || {
-                let udp = std::net::UdpSocket::bind(addr).map_err(|err| DnsError::Bind {
-                    proto: "udp",
-                    addr,
-                    err,
-                })?;
-                let tcp = std::net::TcpListener::bind(addr).map_err(|err| DnsError::Bind {
-                    proto: "tcp",
-                    addr,
-                    err,
-                })?;
-                for r in [udp.set_nonblocking(true), tcp.set_nonblocking(true)] {
-                    r.map_err(|err| DnsError::Bind {
-                        proto: "socket",
-                        addr,
-                        err,
-                    })?;
+            let (udp, tcp) = match self.take_inherited(addr).await {
+                Some(sockets) => {
+                    tracing::info!(%addr, "embedded DNS sockets taken back from the keeper");
+                    sockets
                 }
-                Ok::<_, DnsError>((udp, tcp))
-            })
-            .await??;
+                None => {
+                    let sockets =
+                        netns::run_in_async(self.ns.as_deref(), move || Self::bind(addr)).await??;
+                    if self.keeper.is_some() {
+                        let udp = sockets.0.try_clone();
+                        let tcp = sockets.1.try_clone();
+                        if let (Ok(udp), Ok(tcp)) = (udp, tcp) {
+                            self.ask_keeper("keeping sockets", move |k| {
+                                k.keep(keeper::Proto::Udp, addr, udp.as_fd())?;
+                                k.keep(keeper::Proto::Tcp, addr, tcp.as_fd())
+                            })
+                            .await;
+                        }
+                    }
+                    sockets
+                }
+            };
             let bind_err = |proto, err| DnsError::Bind { proto, addr, err };
             let udp = tokio::net::UdpSocket::from_std(udp).map_err(|e| bind_err("udp", e))?;
             let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|e| bind_err("tcp", e))?;
@@ -293,12 +401,19 @@ impl Dns {
             tracing::info!(%addr, "embedded DNS listening");
             servers.insert(a, server);
         }
+        self.forget_unwanted().await;
         Ok(())
     }
 
-    /// Stops every listener.
+    /// Stops every listener (and the keeper's copies).
     pub async fn stop(&self) {
         let _ = self.listen_on(&[]).await;
+    }
+
+    /// Stops every listener and the keeper itself (the node leaves).
+    pub async fn shut_down(&self) {
+        self.stop().await;
+        self.ask_keeper("stopping", |k| k.quit()).await;
     }
 }
 
