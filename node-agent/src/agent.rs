@@ -614,12 +614,10 @@ async fn restore_network(
             tracing::warn!(task = %task.id, %err, "re-registering the namespace of a running task");
         }
     }
-    let keep: Vec<&str> = containers
-        .iter()
-        .filter(|c| c.status != Status::Created)
-        .map(|c| c.id.as_str())
-        .chain(assignments.tasks.iter().map(|t| t.id.as_str()))
-        .collect();
+    // Only running tasks keep their namespaces: an ended task's addresses may belong
+    // to a new task already (the runner releases them when a task ends; this catches
+    // tasks that ended while no agent ran).
+    let keep: Vec<&str> = running.iter().copied().collect();
     match network.gc(&keep).await {
         Ok(removed) if !removed.is_empty() => {
             tracing::info!(?removed, "removed namespaces of tasks that are gone")

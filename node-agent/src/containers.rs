@@ -189,6 +189,16 @@ impl Executor for ContainerExecutor {
             .map_err(|e| ExecError::new("stop container", e))
     }
 
+    async fn release_network(&self, task_id: &str) -> Result<(), ExecError> {
+        match &self.network {
+            Some(net) => net
+                .detach(task_id)
+                .await
+                .map_err(|e| ExecError::new("detach network", e)),
+            None => Ok(()),
+        }
+    }
+
     async fn remove(&self, task_id: &str) -> Result<(), ExecError> {
         let id = cid(task_id)?;
         if self.runtime.state(&id).is_ok() {

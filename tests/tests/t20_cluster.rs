@@ -445,6 +445,16 @@ services:
     for pid in &on_a1 {
         assert!(pids_after.contains(pid), "{pid} not adopted: {after:?}");
     }
+    // And by name, with the agent back: every fetch answered. (The failed update just
+    // before left an ended task whose address the rollback's task may reuse: it must
+    // not answer in the new one's place.)
+    for round in 0..20 {
+        for &pid in &clients {
+            fetch(pid, "http://web/etc/passwd")
+                .unwrap_or_else(|e| panic!("round {round} after a1's agent came back: {e}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(first);
 }
 

@@ -192,11 +192,13 @@ pub fn progress(services: &[pb::ServiceSummary], tasks: &[pb::Task], since_ms: i
                 )
             })
             .collect();
-        let update = svc
+        // Only an update this deploy started counts: the status of an earlier one
+        // (say, rolled back an hour ago) stays on the service until the next begins.
+        let update_status = svc
             .update_status
             .as_ref()
-            .map(|u| u.state())
-            .unwrap_or(Update::None);
+            .filter(|u| u.started_at_ms >= since_ms);
+        let update = update_status.map(|u| u.state()).unwrap_or(Update::None);
         let mut line = format!("{running}/{desired} running");
         for (state, n) in &states {
             line.push_str(&format!(", {n} {state}"));
@@ -223,18 +225,12 @@ pub fn progress(services: &[pb::ServiceSummary], tasks: &[pb::Task], since_ms: i
             Update::Paused | Update::RollbackPaused => Some(format!(
                 "{}: update paused: {}",
                 spec.name,
-                svc.update_status
-                    .as_ref()
-                    .map(|u| u.message.as_str())
-                    .unwrap_or("")
+                update_status.map(|u| u.message.as_str()).unwrap_or("")
             )),
             Update::RollbackCompleted => Some(format!(
                 "{}: update failed and was rolled back: {}",
                 spec.name,
-                svc.update_status
-                    .as_ref()
-                    .map(|u| u.message.as_str())
-                    .unwrap_or("")
+                update_status.map(|u| u.message.as_str()).unwrap_or("")
             )),
             _ => None,
         };
@@ -411,10 +407,14 @@ mod tests {
             svc.update_status = Some(pb::UpdateStatus {
                 state: pb::update_status::State::RollbackCompleted as i32,
                 message: "health check failed on web.1".into(),
+                started_at_ms: 500,
                 ..Default::default()
             });
         }
-        let p = progress(&[s], &[], 0);
+        let p = progress(std::slice::from_ref(&s), &[], 100);
         assert!(p.failure.expect("failed").contains("rolled back"));
+        // The same status seen by a later deploy is history, not this deploy's failure.
+        let later = progress(&[s], &[], 1000);
+        assert!(later.failure.is_none(), "{:?}", later.failure);
     }
 }

@@ -286,13 +286,36 @@ impl NodeNetwork {
             return Ok(None);
         }
         let eps = {
-            let st = self.state.lock().await;
-            match mode {
+            let mut st = self.state.lock().await;
+            let eps = match mode {
                 NetworkMode::Networks => {
                     attach::endpoints(task_id, attachments, &st.plan.networks)?
                 }
                 _ => Vec::new(),
+            };
+            // The masters gave these addresses to this task, so whatever other task of
+            // this node still holds one has ended: a second namespace with the same
+            // address (and MAC) on the bridge would answer half the traffic.
+            let holders: Vec<String> = st
+                .tasks
+                .iter()
+                .filter(|(other, theirs)| {
+                    other.as_str() != task_id
+                        && theirs.iter().any(|t| {
+                            eps.iter().any(|e| {
+                                e.network_id == t.network_id && e.addr.addr() == t.addr.addr()
+                            })
+                        })
+                })
+                .map(|(other, _)| other.clone())
+                .collect();
+            for other in holders {
+                tracing::warn!(task = task_id, stale = %other, "address still held by an ended task: detaching it");
+                attach::detach(&self.host, &self.cfg.run_dir, &other).await?;
+                st.tasks.remove(&other);
+                st.task_rules.remove(&other);
             }
+            eps
         };
         // The namespace and veths of one task touch nothing another task's do: made
         // without the node's lock, so a hundred tasks starting at once are set up side

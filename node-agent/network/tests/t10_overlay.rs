@@ -158,3 +158,46 @@ async fn network_modes_host_and_none() {
     assert_eq!(n.net.gc(&[]).await.expect("gc"), ["tn"]);
     lab.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_address_moves_to_the_new_task_and_the_ended_one_is_detached() {
+    let lab = Lab::new(1).await;
+    let n = &lab.nodes[0];
+    let assign = pb::Assignments {
+        networks: vec![network("reuse", 7, 4700)],
+        peers: lab.peers(),
+        ..Default::default()
+    };
+    n.net.apply_assignments(&assign).await.expect("assignments");
+    let att = [attachment("reuse", "10.213.7.5/24")];
+    n.net
+        .attach("old", NetworkMode::Networks, &att)
+        .await
+        .expect("old")
+        .expect("ns");
+    // The masters gave the ended task's address to a new one: the new one gets it, and
+    // the old namespace (which would answer for the address too) is gone.
+    let new = n
+        .net
+        .attach("new", NetworkMode::Networks, &att)
+        .await
+        .expect("new")
+        .expect("ns");
+    let run = &n.net.config().run_dir;
+    assert!(
+        !run.join("netns/old").exists(),
+        "the ended task's namespace stays"
+    );
+    let addrs = cmd_in(new.as_path(), "ip", &["-4", "-br", "addr"]).expect("ip");
+    assert!(addrs.contains("10.213.7.5/24"), "{addrs}");
+    // From the node, every connection to the address reaches the new task.
+    let _server = serve_tag(Some(new.as_path()), sa("10.213.7.5", 8000), "new");
+    for _ in 0..5 {
+        let got = eventually(Duration::from_secs(5), || {
+            fetch(Some(&n.ns), sa("10.213.7.5", 8000), Duration::from_secs(2))
+        });
+        assert!(got.starts_with("new "), "{got}");
+    }
+    assert_eq!(n.net.gc(&[]).await.expect("gc"), ["new"]);
+    lab.teardown().await;
+}

@@ -76,6 +76,10 @@ pub trait Executor: Send + Sync + 'static {
         task_id: &str,
         grace: Duration,
     ) -> impl Future<Output = Result<(), ExecError>> + Send;
+    /// Gives up the network attachment of a task that has ended (its addresses go back
+    /// to the masters, which may hand them to a new task at once), keeping the
+    /// container and its logs until `remove`. Idempotent.
+    fn release_network(&self, task_id: &str) -> impl Future<Output = Result<(), ExecError>> + Send;
     /// Deletes the container and its network attachment.
     fn remove(&self, task_id: &str) -> impl Future<Output = Result<(), ExecError>> + Send;
     /// Runs `argv` inside the running container (its namespaces and cgroup) and returns

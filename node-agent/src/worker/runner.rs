@@ -1,5 +1,5 @@
 //! One task's life on this node, owned by one async task: prepare → start → wait for
-//! exit or a stop request → stop → (once unassigned) remove. Every state change is
+//! exit or a stop request → stop → release its network → (once unassigned) remove. Every state change is
 //! reported with a timestamp and, on failure, the step that failed. When the agent
 //! shuts down the runner just returns: the container keeps running under its shim.
 
@@ -62,7 +62,13 @@ impl<E: Executor> Runner<E> {
         if let Ended::AgentStopping = ended {
             return;
         }
-        // Ended: keep the container (its logs) until the task is unassigned.
+        // Ended: its addresses are free again as far as the masters know, and may be
+        // given to a new task any moment; a namespace still holding them would answer
+        // in its place (same address and MAC on the bridge). The container (its logs)
+        // stays until the task is unassigned.
+        if let Err(err) = self.executor.release_network(&self.task.id).await {
+            tracing::warn!(%err, "releasing the network of an ended task");
+        }
         loop {
             if *self.desired.borrow_and_update() == TaskState::Remove {
                 if let Err(err) = self.executor.remove(&self.task.id).await {

@@ -69,6 +69,13 @@ impl Executor for Fake {
         );
         Ok(())
     }
+    async fn release_network(&self, id: &str) -> Result<(), ExecError> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(format!("release {id}"));
+        Ok(())
+    }
     async fn remove(&self, id: &str) -> Result<(), ExecError> {
         self.calls
             .lock()
@@ -187,7 +194,14 @@ async fn an_assigned_task_runs_stops_on_request_and_is_removed_when_unassigned()
     }
     assert_eq!(
         h.fake.calls(),
-        vec!["prepare t1", "start t1", "stop t1 1500ms", "remove t1"]
+        vec![
+            "prepare t1",
+            "start t1",
+            "stop t1 1500ms",
+            "release t1",
+            "remove t1"
+        ],
+        "the network goes when the task ends, the container when it is unassigned"
     );
     h.shutdown.cancel();
     h.handle.await.expect("worker ends");
