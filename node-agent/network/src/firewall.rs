@@ -145,13 +145,24 @@ fn replace_script(table: &str, body: &str) -> String {
     format!("table {table} {{}}\ndelete table {table}\ntable {table} {{\n{body}}}\n")
 }
 
-/// The node's table.
+/// The node's table. `vxlan_port`: the overlay's UDP port, whose packets skip conntrack
+/// (nothing NATs them, and every VXLAN flow would otherwise cost two conntrack lookups
+/// and an entry per peer and source port).
 pub fn render_node(
     node_id: &str,
     plan: &OverlayPlan,
     endpoints: Option<&pb::EndpointTable>,
+    vxlan_port: u16,
 ) -> String {
     let mut b = String::new();
+    let _ = writeln!(
+        b,
+        "  chain raw_prerouting {{\n    type filter hook prerouting priority raw; policy accept;\n    udp dport {vxlan_port} notrack\n  }}"
+    );
+    let _ = writeln!(
+        b,
+        "  chain raw_output {{\n    type filter hook output priority raw; policy accept;\n    udp dport {vxlan_port} notrack\n  }}"
+    );
     let _ = writeln!(
         b,
         "  chain forward {{\n    type filter hook forward priority filter; policy accept;"
@@ -390,7 +401,8 @@ mod tests {
     #[test]
     fn node_table_isolates_masquerades_and_publishes() {
         let (plan, t) = setup();
-        let s = render_node("me", &plan, Some(&t));
+        let s = render_node("me", &plan, Some(&t), 4789);
+        assert!(s.contains("udp dport 4789 notrack"), "{s}");
         let b1 = crate::names::bridge("n1");
         let b2 = crate::names::bridge("n2");
         assert!(s.starts_with("table inet skiff {}\ndelete table inet skiff\n"));

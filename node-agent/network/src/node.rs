@@ -180,7 +180,12 @@ impl NodeNetwork {
         self.refresh_names(st);
         let gateways: Vec<Ipv4Addr> = st.plan.networks.values().map(|n| n.gateway).collect();
         self.dns.listen_on(&gateways).await?;
-        let rules = firewall::render_node(&self.cfg.node_id, &st.plan, st.endpoints.as_ref());
+        let rules = firewall::render_node(
+            &self.cfg.node_id,
+            &st.plan,
+            st.endpoints.as_ref(),
+            self.cfg.vxlan_port,
+        );
         if st.node_rules.as_ref() != Some(&rules) {
             firewall::apply(self.cfg.netns.as_deref(), rules.clone()).await?;
             st.node_rules = Some(rules);
