@@ -808,3 +808,118 @@ fn containers_on(c: &Cluster, name: &str) -> usize {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn drain_empties_a_node_on_failure_gives_up_and_an_impossible_request_waits_with_its_reason() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let c = cluster(1, 2);
+    let image = c.push_busybox("busybox:latest").expect("push busybox");
+    let yaml = format!(
+        r#"name: rules
+services:
+  sleeper:
+    image: {image}
+    command: ["sleep", "100000"]
+    deploy:
+      replicas: 4
+  crasher:
+    image: {image}
+    command: ["sh", "-c", "exit 3"]
+    deploy:
+      restart_policy:
+        condition: on-failure
+        delay: 1s
+        max_attempts: 2
+  huge:
+    image: {image}
+    command: ["sleep", "100000"]
+    deploy:
+      resources:
+        reservations:
+          memory: 4096G
+"#
+    );
+    let file = c.lab.state().dir.join("rules.yaml");
+    std::fs::write(&file, yaml).expect("write");
+    let file = file.display().to_string();
+    let args = ["deploy", "-f", file.as_str(), "--detach"];
+    c.ctl(&args).ok(&args).expect("deploy");
+
+    // Four sleepers on two agents.
+    let sleepers = running(&c, "rules_sleeper", 4, Duration::from_secs(60));
+    let on = |tasks: &[Value], node: &str| tasks.iter().filter(|t| t["node"] == node).count();
+    let a2 = c.node("a2").expect("a2")["hostname"]
+        .as_str()
+        .expect("hostname")
+        .to_owned();
+    assert!(on(&sleepers, &a2) > 0, "{sleepers:?}");
+
+    // The crasher runs once and is restarted twice, then stays down.
+    let all = |service: &str| -> Result<Vec<Value>, String> {
+        Ok(c.ctl_json(&["ps", service, "-a"])?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    };
+    c.wait(
+        "cluster",
+        "three failed crasher tasks, none wanted",
+        Duration::from_secs(60),
+        || {
+            let ts = all("rules_crasher")?;
+            let failed = ts
+                .iter()
+                .filter(|t| t["state"].as_str().is_some_and(|s| s.starts_with("failed")))
+                .count();
+            let wanted = ts.iter().filter(|t| t["desired"] == "running").count();
+            if failed == 3 && wanted == 0 {
+                Ok(())
+            } else {
+                Err(format!("{ts:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_secs(3));
+    let later = all("rules_crasher").expect("ps");
+    assert_eq!(later.len(), 3, "no fourth attempt: {later:?}");
+
+    // No node has 4 TiB: the task waits, saying why.
+    let huge = c
+        .wait(
+            "cluster",
+            "huge pending with its reason",
+            Duration::from_secs(30),
+            || {
+                let ts = tasks(&c, "rules_huge")?;
+                match ts.as_slice() {
+                    [t] if t["state"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("pending")) =>
+                    {
+                        Ok(t.clone())
+                    }
+                    _ => Err(format!("{ts:?}")),
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reason = huge["error"].as_str().unwrap_or_default();
+    assert!(reason.contains("insufficient memory"), "{huge}");
+
+    // Draining a2 moves its sleepers to a1; a2's agent stops its containers.
+    let drain = ["node", "update", "a2", "--availability", "drain"];
+    c.ctl(&drain).ok(&drain).expect("drain");
+    let moved = running(&c, "rules_sleeper", 4, Duration::from_secs(60));
+    assert_eq!(on(&moved, &a2), 0, "{moved:?}");
+    c.wait(
+        "a2",
+        "no container left",
+        Duration::from_secs(30),
+        || match containers_on(&c, "a2") {
+            0 => Ok(()),
+            n => Err(format!("{n} containers")),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
