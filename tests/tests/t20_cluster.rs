@@ -922,4 +922,14 @@ services:
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    // Scaling down stops the highest slots; a1 is left with exactly two sleepers.
+    let scale = ["scale", "rules_sleeper=2"];
+    c.ctl(&scale).ok(&scale).expect("scale down");
+    let left = running(&c, "rules_sleeper", 2, Duration::from_secs(60));
+    let mut slots: Vec<String> = left
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    slots.sort();
+    assert_eq!(slots, ["rules_sleeper.1", "rules_sleeper.2"], "{left:?}");
 }

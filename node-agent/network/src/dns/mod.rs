@@ -376,8 +376,22 @@ impl Dns {
                     sockets
                 }
                 None => {
-                    let sockets =
-                        netns::run_in_async(self.ns.as_deref(), move || Self::bind(addr)).await??;
+                    let ns = self.ns.as_deref();
+                    let bind = || netns::run_in_async(ns, move || Self::bind(addr));
+                    let sockets = match bind().await? {
+                        // The keeper may still hold this address for a predecessor whose
+                        // sockets could not be handed over: let it go and bind again.
+                        Err(DnsError::Bind { err, .. })
+                            if err.kind() == std::io::ErrorKind::AddrInUse
+                                && self.keeper.is_some() =>
+                        {
+                            tracing::warn!(%addr, "DNS address held elsewhere; asking the keeper to let go");
+                            self.ask_keeper("forgetting a socket", move |k| k.forget(addr))
+                                .await;
+                            bind().await??
+                        }
+                        other => other?,
+                    };
                     if self.keeper.is_some() {
                         let udp = sockets.0.try_clone();
                         let tcp = sockets.1.try_clone();
@@ -420,6 +434,94 @@ impl Dns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+
+    fn free_port() -> u16 {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    /// A keeper serving in a thread of this process, for as long as the dir lives.
+    fn keeper() -> (tempfile::TempDir, keeper::Keeper) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keeper.sock");
+        let serving = path.clone();
+        std::thread::spawn(move || keeper::serve(&serving));
+        let k = keeper::Keeper::new(&path);
+        for _ in 0..200 {
+            if k.is_running() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(k.is_running());
+        (dir, k)
+    }
+
+    fn query(id: u16) -> Vec<u8> {
+        let mut msg = Message::query();
+        msg.metadata.id = id;
+        msg.add_query(Query::query(
+            Name::from_ascii("web.").expect("name"),
+            RecordType::A,
+        ));
+        msg.to_vec().expect("encode")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_sent_between_two_agents_is_answered_by_the_second() {
+        let (_dir, k) = keeper();
+        let port = free_port();
+        let gw = Ipv4Addr::LOCALHOST;
+        let first = Dns::new(None, port, vec![]).with_keeper(k.clone());
+        first.listen_on(&[gw]).await.expect("listen");
+        assert_eq!(k.sockets().expect("held").len(), 2, "udp and tcp kept");
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        // No DNS in this process now; the query waits in the kept socket.
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
+        client
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        client
+            .send_to(&query(4242), (gw, port))
+            .expect("send while no DNS runs");
+
+        let second = Dns::new(None, port, vec![]).with_keeper(k.clone());
+        second.listen_on(&[gw]).await.expect("listen again");
+        let mut buf = [0u8; 512];
+        let (n, _) = client
+            .recv_from(&mut buf)
+            .expect("an answer, not a refusal");
+        let answer = Message::from_vec(&buf[..n]).expect("decode");
+        assert_eq!(answer.metadata.id, 4242);
+        second.shut_down().await;
+        assert!(!k.is_running(), "shut_down stops the keeper");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_address_the_keeper_holds_in_vain_is_taken_over() {
+        let (_dir, k) = keeper();
+        let port = free_port();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        // Only half of a predecessor's pair reached the keeper: nothing to take back,
+        // and the address is busy.
+        let stray = std::net::UdpSocket::bind(addr).expect("stray");
+        k.keep(keeper::Proto::Udp, addr, stray.as_fd())
+            .expect("keep");
+        drop(stray);
+        let dns = Dns::new(None, port, vec![]).with_keeper(k.clone());
+        dns.listen_on(&[Ipv4Addr::LOCALHOST])
+            .await
+            .expect("the keeper lets go and the DNS binds");
+        let held = k.sockets().expect("held");
+        assert_eq!(held.len(), 2, "the new pair is kept: {held:?}");
+        dns.shut_down().await;
+    }
 
     #[test]
     fn resolv_conf_nameservers() {
