@@ -501,26 +501,40 @@ async fn route(
             () = shutdown.cancelled() => return,
             event = from.recv() => {
                 let Some(event) = event else { return };
-                match event {
-                    SessionEvent::Assignments(a) => {
-                        failed_assignments = apply_assignments(&network, &a).await.then(|| a.clone());
-                        names.set(&a.tasks);
-                        if to.send(SessionEvent::Assignments(a)).await.is_err() {
-                            return;
+                // Both kinds are full snapshots: of what queued while the last one was
+                // applied only the latest of each matters. Without this, 100 tasks
+                // ending at once queue an endpoint table per change, each re-rendering
+                // every local task's VIP table, and a new assignment waits behind them.
+                let mut latest = Latest::default();
+                latest.fold(event);
+                let mut closed = false;
+                loop {
+                    match from.try_recv() {
+                        Ok(event) => latest.fold(event),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
                         }
                     }
-                    SessionEvent::Endpoints(t) => {
-                        if let Err(err) = persist(&endpoints_file, &t.encode_to_vec()) {
-                            tracing::warn!(%err, "endpoint table kept in memory only");
-                        }
-                        failed_endpoints = apply_endpoints(&network, &t).await.then_some(t);
+                }
+                // Assignments first: new tasks reach the worker without waiting for the
+                // endpoint table.
+                if let Some(a) = latest.assignments {
+                    failed_assignments = apply_assignments(&network, &a).await.then(|| a.clone());
+                    names.set(&a.tasks);
+                    if to.send(SessionEvent::Assignments(a)).await.is_err() {
+                        return;
                     }
-                    SessionEvent::Connected { node_id, master } => {
-                        tracing::info!(node = %node_id, %master, "connected");
+                }
+                if let Some(t) = latest.endpoints {
+                    if let Err(err) = persist(&endpoints_file, &t.encode_to_vec()) {
+                        tracing::warn!(%err, "endpoint table kept in memory only");
                     }
-                    SessionEvent::Disconnected { reason } => {
-                        tracing::debug!(%reason, "disconnected");
-                    }
+                    failed_endpoints = apply_endpoints(&network, &t).await.then_some(t);
+                }
+                if closed {
+                    return;
                 }
             }
             _ = retry.tick(), if failed_assignments.is_some() || failed_endpoints.is_some() => {
@@ -530,6 +544,28 @@ async fn route(
                 if let Some(t) = failed_endpoints.take() {
                     failed_endpoints = apply_endpoints(&network, &t).await.then_some(t);
                 }
+            }
+        }
+    }
+}
+
+/// The newest assignment and endpoint table among events that queued up.
+#[derive(Default)]
+struct Latest {
+    assignments: Option<pb::Assignments>,
+    endpoints: Option<pb::EndpointTable>,
+}
+
+impl Latest {
+    fn fold(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Assignments(a) => self.assignments = Some(a),
+            SessionEvent::Endpoints(t) => self.endpoints = Some(t),
+            SessionEvent::Connected { node_id, master } => {
+                tracing::info!(node = %node_id, %master, "connected");
+            }
+            SessionEvent::Disconnected { reason } => {
+                tracing::debug!(%reason, "disconnected");
             }
         }
     }
@@ -643,4 +679,33 @@ fn persist(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_snapshots_fold_to_the_newest_of_each_kind() {
+        let mut latest = Latest::default();
+        for revision in 1..=3 {
+            latest.fold(SessionEvent::Endpoints(pb::EndpointTable {
+                revision,
+                ..Default::default()
+            }));
+        }
+        latest.fold(SessionEvent::Assignments(pb::Assignments {
+            revision: 7,
+            ..Default::default()
+        }));
+        latest.fold(SessionEvent::Disconnected {
+            reason: "test".into(),
+        });
+        latest.fold(SessionEvent::Endpoints(pb::EndpointTable {
+            revision: 4,
+            ..Default::default()
+        }));
+        assert_eq!(latest.assignments.map(|a| a.revision), Some(7));
+        assert_eq!(latest.endpoints.map(|t| t.revision), Some(4));
+    }
 }
