@@ -470,6 +470,23 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         .expect("server task");
 }
 
+async fn list_images(c: &mut AgentClient<Channel>) -> pb::AgentImages {
+    c.list_images(pb::AgentListImagesRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+}
+
+async fn remove_image(
+    c: &mut AgentClient<Channel>,
+    reference: &str,
+) -> Result<tonic::Response<pb::AgentRemoveImageResponse>, tonic::Status> {
+    c.remove_image(pb::AgentRemoveImageRequest {
+        reference: reference.into(),
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_are_pulled_listed_and_removed_only_when_unused() {
     skiff_pki::install_crypto_provider();
@@ -484,11 +501,7 @@ async fn images_are_pulled_listed_and_removed_only_when_unused() {
     let mut c = client(&w.addr, &manager).await.expect("manager client");
 
     tracing::info!("--- an empty store, then a pull");
-    let listed = c
-        .list_images(pb::AgentListImagesRequest {})
-        .await
-        .expect("list")
-        .into_inner();
+    let listed = list_images(&mut c).await;
     assert!(listed.images.is_empty(), "{listed:?}");
     let pulled = c
         .pull_image(pb::AgentPullImageRequest {
@@ -504,18 +517,11 @@ async fn images_are_pulled_listed_and_removed_only_when_unused() {
     assert!(image.size > 100_000, "busybox is not that small: {image:?}");
     assert_eq!(image.used_by, vec!["demo_web.1".to_string()]);
     assert_eq!(image.node_id, NODE);
-    let listed = c
-        .list_images(pb::AgentListImagesRequest {})
-        .await
-        .expect("list")
-        .into_inner();
+    let listed = list_images(&mut c).await;
     assert_eq!(listed.images, pulled.images);
 
     tracing::info!("--- removal is refused while a task uses the image");
-    let err = c
-        .remove_image(pb::AgentRemoveImageRequest {
-            reference: busybox.to_string(),
-        })
+    let err = remove_image(&mut c, &busybox.to_string())
         .await
         .expect_err("in use");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -523,24 +529,14 @@ async fn images_are_pulled_listed_and_removed_only_when_unused() {
 
     tracing::info!("--- once no task uses it, it goes with its layers");
     w.names.set(&[]);
-    let removed = c
-        .remove_image(pb::AgentRemoveImageRequest {
-            reference: busybox.to_string(),
-        })
+    let removed = remove_image(&mut c, &busybox.to_string())
         .await
         .expect("remove")
         .into_inner();
     assert!(removed.freed_bytes > 100_000, "{removed:?}");
-    let listed = c
-        .list_images(pb::AgentListImagesRequest {})
-        .await
-        .expect("list")
-        .into_inner();
+    let listed = list_images(&mut c).await;
     assert!(listed.images.is_empty(), "{listed:?}");
-    let err = c
-        .remove_image(pb::AgentRemoveImageRequest {
-            reference: busybox.to_string(),
-        })
+    let err = remove_image(&mut c, &busybox.to_string())
         .await
         .expect_err("gone");
     assert_eq!(err.code(), tonic::Code::NotFound);

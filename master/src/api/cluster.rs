@@ -152,6 +152,17 @@ impl ClusterService {
         self
     }
 
+    /// `skiffctl image ...`: `op` on the agents of the nodes `node` names.
+    async fn on_nodes(
+        &self,
+        node: &str,
+        op: super::images::Op,
+    ) -> Result<Response<pb::NodeImagesResponse>, Status> {
+        super::images::run(&self.master, &self.agents, node, op)
+            .await
+            .map(Response::new)
+    }
+
     fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
         // Managers too: a follower forwards calls as itself.
         self.guard
@@ -916,10 +927,7 @@ impl ClusterApi for ClusterService {
     ) -> Result<Response<pb::NodeImagesResponse>, Status> {
         self.admin(&req)?;
         let r = req.into_inner();
-        let op = super::images::Op::List;
-        Ok(Response::new(
-            super::images::run(&self.master, &self.agents, &r.node, op).await?,
-        ))
+        self.on_nodes(&r.node, super::images::Op::List).await
     }
 
     async fn pull_image(
@@ -928,10 +936,8 @@ impl ClusterApi for ClusterService {
     ) -> Result<Response<pb::NodeImagesResponse>, Status> {
         self.admin(&req)?;
         let r = req.into_inner();
-        let op = super::images::Op::Pull(r.reference);
-        Ok(Response::new(
-            super::images::run(&self.master, &self.agents, &r.node, op).await?,
-        ))
+        self.on_nodes(&r.node, super::images::Op::Pull(r.reference))
+            .await
     }
 
     async fn remove_image(
@@ -940,10 +946,8 @@ impl ClusterApi for ClusterService {
     ) -> Result<Response<pb::NodeImagesResponse>, Status> {
         self.admin(&req)?;
         let r = req.into_inner();
-        let op = super::images::Op::Remove(r.reference);
-        Ok(Response::new(
-            super::images::run(&self.master, &self.agents, &r.node, op).await?,
-        ))
+        self.on_nodes(&r.node, super::images::Op::Remove(r.reference))
+            .await
     }
 
     type BackupStream = BoxStream<pb::BackupChunk>;

@@ -72,7 +72,7 @@ pub async fn run(
     });
     let mut out = pb::NodeImagesResponse::default();
     for (n, result) in futures::future::join_all(calls).await {
-        let hostname = hostname(&n);
+        let hostname = crate::store::state::hostname(&n).to_owned();
         match result {
             Ok(images) => out.images.extend(images.into_iter().map(|i| pb::ImageInfo {
                 node_id: n.id.clone(),
@@ -160,11 +160,4 @@ fn with_timeout<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.set_timeout(timeout);
     r
-}
-
-fn hostname(n: &pb::Node) -> String {
-    n.description
-        .as_ref()
-        .map(|d| d.hostname.clone())
-        .unwrap_or_default()
 }

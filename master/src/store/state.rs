@@ -389,7 +389,8 @@ impl StoreState {
     }
 }
 
-fn hostname(n: &pb::Node) -> &str {
+/// A node's hostname as it registered ("" before it did).
+pub fn hostname(n: &pb::Node) -> &str {
     n.description.as_ref().map_or("", |d| d.hostname.as_str())
 }
 

@@ -245,12 +245,7 @@ impl NodeNetwork {
     /// peers of `a` (level-triggered: what is not in `a` is removed).
     pub async fn apply_assignments(&self, a: &pb::Assignments) -> Result<(), NetworkError> {
         let mut st = self.state.lock().await;
-        st.assignments = pb::Assignments {
-            revision: a.revision,
-            tasks: Vec::new(),
-            networks: a.networks.clone(),
-            peers: a.peers.clone(),
-        };
+        st.assignments = networks_of(a);
         self.converge(&mut st).await
     }
 
@@ -262,12 +257,7 @@ impl NodeNetwork {
         t: Option<&pb::EndpointTable>,
     ) -> Result<(), NetworkError> {
         let mut st = self.state.lock().await;
-        st.assignments = pb::Assignments {
-            revision: a.revision,
-            tasks: Vec::new(),
-            networks: a.networks.clone(),
-            peers: a.peers.clone(),
-        };
+        st.assignments = networks_of(a);
         st.endpoints = t.cloned();
         self.converge(&mut st).await
     }
@@ -388,5 +378,16 @@ impl NodeNetwork {
         };
         compat::undo(self.cfg.netns.as_deref(), &hf).await?;
         Ok(())
+    }
+}
+
+/// What the network keeps of an assignment: its networks and peers (tasks attach one by
+/// one through `attach`).
+fn networks_of(a: &pb::Assignments) -> pb::Assignments {
+    pb::Assignments {
+        revision: a.revision,
+        tasks: Vec::new(),
+        networks: a.networks.clone(),
+        peers: a.peers.clone(),
     }
 }

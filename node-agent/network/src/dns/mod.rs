@@ -266,17 +266,19 @@ impl Dns {
         call: impl FnOnce(&keeper::Keeper) -> Result<T, keeper::KeeperError> + Send + 'static,
     ) -> Option<T> {
         let k = self.keeper.clone()?;
-        match tokio::task::spawn_blocking(move || call(&k)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(err)) => {
-                tracing::warn!(%err, "DNS socket keeper: {what}");
-                None
-            }
-            Err(err) => {
-                tracing::warn!(%err, "DNS socket keeper: {what}");
-                None
-            }
-        }
+        let result = match tokio::task::spawn_blocking(move || call(&k)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        result
+            .inspect_err(|err| tracing::warn!(%err, "DNS socket keeper: {what}"))
+            .ok()
+    }
+
+    /// Makes the keeper close its copies of the sockets on `addr`.
+    async fn forget(&self, addr: SocketAddr) {
+        self.ask_keeper("forgetting a socket", move |k| k.forget(addr))
+            .await;
     }
 
     /// The gateway's sockets the previous agent left with the keeper, if both are there.
@@ -315,31 +317,51 @@ impl Dns {
             kept.drain(..).map(|k| k.addr).collect()
         };
         for addr in leftovers {
-            self.ask_keeper("forgetting a socket", move |k| k.forget(addr))
-                .await;
+            self.forget(addr).await;
         }
     }
 
     /// Binds a gateway's sockets in the calling thread's namespace.
     fn bind(addr: SocketAddr) -> Result<Sockets, DnsError> {
-        let udp = std::net::UdpSocket::bind(addr).map_err(|err| DnsError::Bind {
-            proto: "udp",
-            addr,
-            err,
-        })?;
-        let tcp = std::net::TcpListener::bind(addr).map_err(|err| DnsError::Bind {
-            proto: "tcp",
-            addr,
-            err,
-        })?;
-        for r in [udp.set_nonblocking(true), tcp.set_nonblocking(true)] {
-            r.map_err(|err| DnsError::Bind {
-                proto: "socket",
-                addr,
-                err,
-            })?;
-        }
+        let failed = |proto| move |err| DnsError::Bind { proto, addr, err };
+        let udp = std::net::UdpSocket::bind(addr).map_err(failed("udp"))?;
+        let tcp = std::net::TcpListener::bind(addr).map_err(failed("tcp"))?;
+        udp.set_nonblocking(true).map_err(failed("socket"))?;
+        tcp.set_nonblocking(true).map_err(failed("socket"))?;
         Ok((udp, tcp))
+    }
+
+    /// A gateway's sockets: the predecessor's, taken back from the keeper, or bound
+    /// here (in the node's namespace) and handed to the keeper.
+    async fn sockets_for(&self, addr: SocketAddr) -> Result<Sockets, DnsError> {
+        if let Some(sockets) = self.take_inherited(addr).await {
+            tracing::info!(%addr, "embedded DNS sockets taken back from the keeper");
+            return Ok(sockets);
+        }
+        let ns = self.ns.as_deref();
+        let bind = || netns::run_in_async(ns, move || Self::bind(addr));
+        let sockets = match bind().await? {
+            // The keeper may still hold this address for a predecessor whose sockets
+            // could not be handed over: let it go and bind again.
+            Err(DnsError::Bind { err, .. })
+                if err.kind() == std::io::ErrorKind::AddrInUse && self.keeper.is_some() =>
+            {
+                tracing::warn!(%addr, "DNS address held elsewhere; asking the keeper to let go");
+                self.forget(addr).await;
+                bind().await??
+            }
+            other => other?,
+        };
+        if self.keeper.is_some()
+            && let (Ok(udp), Ok(tcp)) = (sockets.0.try_clone(), sockets.1.try_clone())
+        {
+            self.ask_keeper("keeping sockets", move |k| {
+                k.keep(keeper::Proto::Udp, addr, udp.as_fd())?;
+                k.keep(keeper::Proto::Tcp, addr, tcp.as_fd())
+            })
+            .await;
+        }
+        Ok(sockets)
     }
 
     pub fn set_table(&self, table: DnsTable) {
@@ -361,51 +383,14 @@ impl Dns {
             if let Some(mut s) = servers.remove(&a) {
                 let _ = s.shutdown_gracefully().await;
             }
-            let addr = SocketAddr::new(IpAddr::V4(a), self.port);
-            self.ask_keeper("forgetting a socket", move |k| k.forget(addr))
-                .await;
+            self.forget(SocketAddr::new(IpAddr::V4(a), self.port)).await;
         }
         for &a in addrs {
             if servers.contains_key(&a) {
                 continue;
             }
             let addr = SocketAddr::new(IpAddr::V4(a), self.port);
-            let (udp, tcp) = match self.take_inherited(addr).await {
-                Some(sockets) => {
-                    tracing::info!(%addr, "embedded DNS sockets taken back from the keeper");
-                    sockets
-                }
-                None => {
-                    let ns = self.ns.as_deref();
-                    let bind = || netns::run_in_async(ns, move || Self::bind(addr));
-                    let sockets = match bind().await? {
-                        // The keeper may still hold this address for a predecessor whose
-                        // sockets could not be handed over: let it go and bind again.
-                        Err(DnsError::Bind { err, .. })
-                            if err.kind() == std::io::ErrorKind::AddrInUse
-                                && self.keeper.is_some() =>
-                        {
-                            tracing::warn!(%addr, "DNS address held elsewhere; asking the keeper to let go");
-                            self.ask_keeper("forgetting a socket", move |k| k.forget(addr))
-                                .await;
-                            bind().await??
-                        }
-                        other => other?,
-                    };
-                    if self.keeper.is_some() {
-                        let udp = sockets.0.try_clone();
-                        let tcp = sockets.1.try_clone();
-                        if let (Ok(udp), Ok(tcp)) = (udp, tcp) {
-                            self.ask_keeper("keeping sockets", move |k| {
-                                k.keep(keeper::Proto::Udp, addr, udp.as_fd())?;
-                                k.keep(keeper::Proto::Tcp, addr, tcp.as_fd())
-                            })
-                            .await;
-                        }
-                    }
-                    sockets
-                }
-            };
+            let (udp, tcp) = self.sockets_for(addr).await?;
             let bind_err = |proto, err| DnsError::Bind { proto, addr, err };
             let udp = tokio::net::UdpSocket::from_std(udp).map_err(|e| bind_err("udp", e))?;
             let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|e| bind_err("tcp", e))?;
