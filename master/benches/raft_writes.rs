@@ -13,7 +13,16 @@ use skiff_proto::v1 as pb;
 use skiff_proto::v1::cluster_api_client::ClusterApiClient;
 use tonic::transport::{Channel, Endpoint};
 
-const CLIENTS: usize = 32;
+const DEFAULT_CLIENTS: usize = 32;
+
+/// Concurrent clients: 32, or `SKIFF_BENCH_CLIENTS` (for looking at latency alone).
+fn clients() -> usize {
+    std::env::var("SKIFF_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_CLIENTS)
+}
 const RUN: Duration = Duration::from_secs(10);
 
 struct Kill(Child);
@@ -121,7 +130,7 @@ fn spec(i: u64, pad: usize) -> pb::ServiceSpec {
     }
 }
 
-async fn bench_skiff(dir: &std::path::Path) -> (Stats, usize) {
+async fn bench_skiff(dir: &std::path::Path) -> (Stats, usize, u64) {
     let bin = env!("CARGO_BIN_EXE_skiff-master");
     let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", port())).collect();
     let mut procs = Vec::new();
@@ -178,7 +187,7 @@ async fn bench_skiff(dir: &std::path::Path) -> (Stats, usize) {
             project: "bench".into(),
             // One service per client: writers of one object serialize on its CAS
             // version (as they must); a cluster's writers touch different services.
-            services: (0..CLIENTS).map(|c| named(spec(0, 0), c)).collect(),
+            services: (0..clients()).map(|c| named(spec(0, 0), c)).collect(),
             ..Default::default()
         })
         .await
@@ -190,10 +199,17 @@ async fn bench_skiff(dir: &std::path::Path) -> (Stats, usize) {
         ..Default::default()
     });
     let ch = channel(&leader).await;
+    let commit_index = |mut c: ClusterApiClient<Channel>| async move {
+        c.cluster_info(pb::ClusterInfoRequest {})
+            .await
+            .map(|i| i.into_inner().commit_index)
+            .unwrap_or_default()
+    };
+    let first_index = commit_index(ClusterApiClient::new(ch.clone())).await;
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let began = Instant::now();
     let mut tasks = Vec::new();
-    for client in 0..CLIENTS {
+    for client in 0..clients() {
         let mut c = ClusterApiClient::new(ch.clone());
         let counter = Arc::clone(&counter);
         tasks.push(tokio::spawn(async move {
@@ -221,8 +237,11 @@ async fn bench_skiff(dir: &std::path::Path) -> (Stats, usize) {
         lat.extend(t.await.expect("client"));
     }
     let took = began.elapsed();
+    let entries = commit_index(ClusterApiClient::new(ch.clone()))
+        .await
+        .saturating_sub(first_index);
     drop(procs);
-    (stats(lat, took), size)
+    (stats(lat, took), size, entries)
 }
 
 async fn bench_etcd(dir: &std::path::Path, size: usize) -> Option<Stats> {
@@ -285,7 +304,7 @@ async fn bench_etcd(dir: &std::path::Path, size: usize) -> Option<Stats> {
     }
     let began = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
+    for c in 0..clients() {
         let mut g = tonic::client::Grpc::new(ch.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -324,10 +343,11 @@ async fn bench_etcd(dir: &std::path::Path, size: usize) -> Option<Stats> {
 fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, size) = rt.block_on(bench_skiff(dir.path()));
+    let (ours, size, entries) = rt.block_on(bench_skiff(dir.path()));
     let peer = rt.block_on(bench_etcd(dir.path(), size));
     println!(
-        "raft_writes: 3 members on loopback, {CLIENTS} concurrent clients (one service / key each), {RUN:?} each, {size}-byte writes"
+        "raft_writes: 3 members on loopback, {} concurrent clients (one service / key each), {RUN:?} each, {size}-byte writes",
+        clients()
     );
     println!(
         "{:<8} {:>10} {:>12} {:>10} {:>10}",
@@ -336,6 +356,10 @@ fn main() {
     println!(
         "{:<8} {:>10} {:>12.0} {:>10.2?} {:>10.2?}",
         "skiff", ours.writes, ours.per_sec, ours.p50, ours.p99
+    );
+    println!(
+        "skiff's raft log grew by {entries} entries for {} acknowledged writes",
+        ours.writes
     );
     match peer {
         Some(p) => {

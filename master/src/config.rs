@@ -34,7 +34,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "SKIFF_MASTER_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
     /// Shortest election timeout in milliseconds; the longest is twice this
-    /// [default: 350].
+    /// [default: 300].
     #[arg(long, global = true, env = "SKIFF_MASTER_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
     /// Take a store snapshot and compact the raft log every this many entries

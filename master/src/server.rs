@@ -294,7 +294,19 @@ impl Master {
         }
         let stop = CancellationToken::new();
         let signal = stop.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // tonic ignores `tcp_nodelay` for a listener it did not bind: set it on every
+        // accepted socket, or Nagle holds small replies (raft acks, write answers) for
+        // the peer's delayed ACK, ~40 ms.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |accepted| {
+                accepted.inspect(|stream| {
+                    if let Err(err) = stream.set_nodelay(true) {
+                        tracing::debug!(%err, "TCP_NODELAY on an accepted connection");
+                    }
+                })
+            },
+        );
         let server = tokio::spawn(
             builder
                 .add_routes(routes.routes())

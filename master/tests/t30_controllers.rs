@@ -1174,7 +1174,11 @@ async fn over_mtls_a_session_belongs_to_the_node_its_certificate_names() {
             .await
         {
             let mut c = ClusterApiClient::new(ch);
-            if c.cluster_info(pb::ClusterInfoRequest {}).await.is_ok() {
+            // Ready once the cluster object (and with it the join tokens) is applied.
+            if c.cluster_info(pb::ClusterInfoRequest {})
+                .await
+                .is_ok_and(|i| !i.into_inner().cluster_id.is_empty())
+            {
                 break (admin, c);
             }
         }

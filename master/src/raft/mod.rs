@@ -129,8 +129,8 @@ impl Default for RaftSettings {
     fn default() -> Self {
         RaftSettings {
             heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(350),
-            election_timeout_max: Duration::from_millis(700),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
             snapshot_every: 5000,
             keep_logs: 1000,
         }

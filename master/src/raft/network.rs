@@ -7,13 +7,17 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::{Stream, StreamExt};
 use openraft::OptionalSend;
 use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use skiff_proto::v1 as pb;
 use skiff_proto::v1::raft_transport_client::RaftTransportClient;
@@ -203,6 +207,16 @@ impl Peer {
     }
 }
 
+/// One answer of an append stream, as openraft takes it.
+type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// How long an append stream may wait for an answer while requests are unanswered: the
+/// RPC deadline openraft gives (the heartbeat interval), but at least a second, so a
+/// follower's slow fsync does not tear the stream down.
+fn stream_answer_deadline(option: &RPCOption) -> Duration {
+    option.hard_ttl().max(Duration::from_secs(1))
+}
+
 fn request<T>(msg: T, option: &RPCOption) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.set_timeout(option.hard_ttl());
@@ -225,6 +239,70 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         decode(&resp.into_inner())
     }
 
+    /// Replication as one gRPC stream per session: requests go out as openraft makes
+    /// them, without waiting for the answer to the one before (pipelining), and the
+    /// answers come back in order. The stream fails when answers stop coming while
+    /// requests are waiting for one (`stream_answer_deadline`).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamItem>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let target = self.target;
+            let sent = Arc::new(AtomicU64::new(0));
+            let counted = Arc::clone(&sent);
+            let outgoing = input.filter_map(move |rpc| {
+                let payload = match postcard::to_stdvec(&rpc) {
+                    Ok(data) => {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        Some(pb::RaftPayload { data })
+                    }
+                    Err(err) => {
+                        // Never for openraft's own types; the answer that does not come
+                        // then fails the stream.
+                        tracing::error!(%err, target, "encoding an append request");
+                        None
+                    }
+                };
+                std::future::ready(payload)
+            });
+            let answers = client
+                .append_stream(tonic::Request::new(outgoing))
+                .await
+                .map_err(|s| rpc_error(&s))?
+                .into_inner();
+            let deadline = stream_answer_deadline(&option);
+            let state = Some((answers, sent, 0u64));
+            let stream = futures::stream::unfold(state, move |state| async move {
+                let (mut answers, sent, mut received) = state?;
+                loop {
+                    match tokio::time::timeout(deadline, answers.message()).await {
+                        Ok(Ok(Some(p))) => {
+                            received += 1;
+                            return Some((decode(&p), Some((answers, sent, received))));
+                        }
+                        Ok(Ok(None)) => return None,
+                        Ok(Err(status)) => return Some((Err(rpc_error(&status)), None)),
+                        // An idle stream (nothing to replicate) is fine.
+                        Err(_) if sent.load(Ordering::Relaxed) <= received => {}
+                        Err(_) => {
+                            let err = Unreachable::from_string(format!(
+                                "master {target}: no append answer within {deadline:?}"
+                            ));
+                            return Some((Err(RPCError::Unreachable(err)), None));
+                        }
+                    }
+                }
+            });
+            Ok(Box::pin(stream) as BoxStream<'s, StreamItem>)
+        })
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
@@ -233,6 +311,19 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         let mut client = self.client()?;
         let resp = client
             .vote(request(encode(&rpc)?, &option))
+            .await
+            .map_err(|s| rpc_error(&s))?;
+        decode(&resp.into_inner())
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self.client()?;
+        let resp = client
+            .pre_vote(request(encode(&rpc)?, &option))
             .await
             .map_err(|s| rpc_error(&s))?;
         decode(&resp.into_inner())

@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use futures::StreamExt;
 use openraft::alias::SnapshotOf;
+use openraft::raft::AppendEntriesRequest;
 use skiff_proto::v1 as pb;
 use skiff_proto::v1::raft_transport_server::RaftTransport;
 use tonic::{Request, Response, Status, Streaming};
@@ -68,6 +69,52 @@ impl RaftTransport for RaftService {
         let rpc = decode(req.get_ref(), "VoteRequest")?;
         let resp = self.node.raft.vote(rpc).await.map_err(fatal)?;
         encode(&resp)
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        self.guard.check(&req, &[Role::Manager])?;
+        let rpc = decode(req.get_ref(), "pre-vote VoteRequest")?;
+        let resp = self.node.raft.pre_vote(rpc).await.map_err(fatal)?;
+        encode(&resp)
+    }
+
+    type AppendStreamStream =
+        Pin<Box<dyn futures::Stream<Item = Result<pb::RaftPayload, Status>> + Send + 'static>>;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<pb::RaftPayload>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        self.guard.check(&req, &[Role::Manager])?;
+        // Requests until the leader closes the stream, it breaks, or a request does not
+        // decode; the answers to what came before still go back.
+        let input = tokio_stream::StreamExt::map_while(req.into_inner(), |item| match item {
+            Ok(p) => match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&p.data) {
+                Ok(rpc) => Some(rpc),
+                Err(err) => {
+                    tracing::warn!(%err, "append stream: a request that does not decode ends it");
+                    None
+                }
+            },
+            Err(status) => {
+                tracing::debug!(%status, "append stream from the leader ended");
+                None
+            }
+        });
+        let output = self
+            .node
+            .raft
+            .stream_append(input)
+            .map(|answer| match answer {
+                Ok(result) => postcard::to_stdvec(&result)
+                    .map(|data| pb::RaftPayload { data })
+                    .map_err(|e| Status::internal(format!("encoding an append result: {e}"))),
+                Err(stopped) => Err(fatal(stopped)),
+            });
+        Ok(Response::new(Box::pin(output)))
     }
 
     async fn install_snapshot(

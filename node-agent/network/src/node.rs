@@ -2,10 +2,12 @@
 //! endpoint table it was given and converges links, namespaces, nftables and DNS to
 //! them; every call is idempotent, so the agent can simply call again after an error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
 use skiff_proto::v1 as pb;
 use tokio::sync::Mutex;
 
@@ -93,6 +95,10 @@ struct State {
     task_rules: BTreeMap<String, String>,
 }
 
+/// How many task tables are loaded at once (each is an `nft` process in the task's
+/// namespace).
+const RULE_WORKERS: usize = 4;
+
 /// Networking of one node.
 pub struct NodeNetwork {
     cfg: NodeConfig,
@@ -101,6 +107,10 @@ pub struct NodeNetwork {
     dns: Dns,
     host_firewall: std::sync::Mutex<HostFirewall>,
     state: Mutex<State>,
+    /// One lock per attached task, held while its table is loaded or its namespace
+    /// removed: loads of one task never overlap or run against a vanishing namespace,
+    /// and none of them holds `state`, so a hundred tasks are set up side by side.
+    task_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 /// Writes a sysctl inside `ns`.
@@ -148,6 +158,7 @@ impl NodeNetwork {
             cfg,
             host,
             state: Mutex::new(State::default()),
+            task_locks: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -190,24 +201,62 @@ impl NodeNetwork {
             firewall::apply(self.cfg.netns.as_deref(), rules.clone()).await?;
             st.node_rules = Some(rules);
         }
-        let tasks: Vec<String> = st.tasks.keys().cloned().collect();
-        for task in tasks {
-            self.apply_task_rules(st, &task).await?;
-        }
         Ok(())
     }
 
-    async fn apply_task_rules(&self, st: &mut State, task_id: &str) -> Result<(), NetworkError> {
-        let Some(eps) = st.tasks.get(task_id) else {
-            return Ok(());
+    /// Converges the node under its lock, then every task's table without it.
+    async fn converge_all(
+        &self,
+        mut st: tokio::sync::MutexGuard<'_, State>,
+    ) -> Result<(), NetworkError> {
+        self.converge(&mut st).await?;
+        let tasks: Vec<String> = st.tasks.keys().cloned().collect();
+        drop(st);
+        self.sync_task_rules(tasks).await
+    }
+
+    fn task_lock(&self, task_id: &str) -> Arc<Mutex<()>> {
+        let mut locks = self
+            .task_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(locks.entry(task_id.to_owned()).or_default())
+    }
+
+    /// Loads the tables of `tasks` that differ from what the state asks for, several
+    /// at once.
+    async fn sync_task_rules(&self, tasks: Vec<String>) -> Result<(), NetworkError> {
+        futures::stream::iter(tasks)
+            .map(|task| async move { self.sync_task(&task).await })
+            .buffer_unordered(RULE_WORKERS)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(drop)
+    }
+
+    /// Loads one task's table if it differs from what the state asks for. The rules
+    /// are rendered from the state as it is once the task's lock is held, so a load
+    /// never puts back an older table than one already loaded.
+    async fn sync_task(&self, task_id: &str) -> Result<(), NetworkError> {
+        let lock = self.task_lock(task_id);
+        let _held = lock.lock().await;
+        let rules = {
+            let st = self.state.lock().await;
+            let Some(eps) = st.tasks.get(task_id) else {
+                return Ok(());
+            };
+            let rules = firewall::render_task(eps, st.endpoints.as_ref());
+            if st.task_rules.get(task_id) == Some(&rules) {
+                return Ok(());
+            }
+            rules
         };
-        let rules = firewall::render_task(eps, st.endpoints.as_ref());
-        if st.task_rules.get(task_id) == Some(&rules) {
-            return Ok(());
-        }
         let path = attach::netns_path(&self.cfg.run_dir, task_id)?;
         firewall::apply(Some(&path), rules.clone()).await?;
-        st.task_rules.insert(task_id.to_owned(), rules);
+        let mut st = self.state.lock().await;
+        if st.tasks.contains_key(task_id) {
+            st.task_rules.insert(task_id.to_owned(), rules);
+        }
         Ok(())
     }
 
@@ -246,7 +295,7 @@ impl NodeNetwork {
     pub async fn apply_assignments(&self, a: &pb::Assignments) -> Result<(), NetworkError> {
         let mut st = self.state.lock().await;
         st.assignments = networks_of(a);
-        self.converge(&mut st).await
+        self.converge_all(st).await
     }
 
     /// Takes the assignments' networks and peers and the endpoint table together (after
@@ -259,14 +308,14 @@ impl NodeNetwork {
         let mut st = self.state.lock().await;
         st.assignments = networks_of(a);
         st.endpoints = t.cloned();
-        self.converge(&mut st).await
+        self.converge_all(st).await
     }
 
     /// Takes a new endpoint table: remote task entries, DNS names, VIPs, ports.
     pub async fn apply_endpoints(&self, t: &pb::EndpointTable) -> Result<(), NetworkError> {
         let mut st = self.state.lock().await;
         st.endpoints = Some(t.clone());
-        self.converge(&mut st).await
+        self.converge_all(st).await
     }
 
     /// Sets up a task's namespace before its container is created. Returns the path the
@@ -280,8 +329,8 @@ impl NodeNetwork {
         if mode == NetworkMode::Host {
             return Ok(None);
         }
-        let eps = {
-            let mut st = self.state.lock().await;
+        let (eps, holders) = {
+            let st = self.state.lock().await;
             let eps = match mode {
                 NetworkMode::Networks => {
                     attach::endpoints(task_id, attachments, &st.plan.networks)?
@@ -304,17 +353,16 @@ impl NodeNetwork {
                 })
                 .map(|(other, _)| other.clone())
                 .collect();
-            for other in holders {
-                tracing::warn!(task = task_id, stale = %other, "address still held by an ended task: detaching it");
-                attach::detach(&self.host, &self.cfg.run_dir, &other).await?;
-                st.tasks.remove(&other);
-                st.task_rules.remove(&other);
-            }
-            eps
+            (eps, holders)
         };
+        for other in holders {
+            tracing::warn!(task = task_id, stale = %other, "address still held by an ended task: detaching it");
+            self.detach(&other).await?;
+        }
         // The namespace and veths of one task touch nothing another task's do: made
         // without the node's lock, so a hundred tasks starting at once are set up side
-        // by side. Names and rules, which are shared, are updated under it.
+        // by side. Names, which are shared, are updated under it; the task's table is
+        // loaded under the task's own lock.
         let made = attach::attach(&self.host, &self.cfg.run_dir, task_id, &eps, self.mtu).await;
         let mut st = self.state.lock().await;
         match made {
@@ -322,8 +370,9 @@ impl NodeNetwork {
                 st.tasks.insert(task_id.to_owned(), eps);
                 self.refresh_names(&st);
                 st.task_rules.remove(task_id);
+                drop(st);
                 if mode == NetworkMode::Networks {
-                    self.apply_task_rules(&mut st, task_id).await?;
+                    self.sync_task(task_id).await?;
                 }
                 Ok(Some(ns))
             }
@@ -338,11 +387,18 @@ impl NodeNetwork {
 
     /// Removes a task's veths and namespace (idempotent).
     pub async fn detach(&self, task_id: &str) -> Result<(), NetworkError> {
+        let lock = self.task_lock(task_id);
+        let _held = lock.lock().await;
         let mut st = self.state.lock().await;
         attach::detach(&self.host, &self.cfg.run_dir, task_id).await?;
         st.tasks.remove(task_id);
         st.task_rules.remove(task_id);
         self.refresh_names(&st);
+        drop(st);
+        self.task_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(task_id);
         Ok(())
     }
 
