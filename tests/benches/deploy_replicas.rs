@@ -130,10 +130,13 @@ fn release_binaries() -> Binaries {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--bins"])
+        .args(["build", "--release", "--workspace", "--bins"])
         .status()
         .expect("run cargo build");
-    assert!(status.success(), "cargo build --release --bins failed");
+    assert!(
+        status.success(),
+        "cargo build --release --workspace --bins failed"
+    );
     Binaries::locate().expect("binaries after build")
 }
 

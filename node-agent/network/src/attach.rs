@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use skiff_proto::v1 as pb;
 
-use crate::link::{LinkError, Links};
+use crate::link::{LinkError, Links, VethHost, VethPeer};
 use crate::names;
 use crate::netns::{self, NetnsError, NetnsPath};
 use crate::overlay::NetworkPlan;
@@ -164,31 +164,42 @@ pub async fn attach(
     for (i, ep) in eps.iter().enumerate() {
         let ifname = format!("eth{i}");
         let host_name = names::host_veth(task_id, &ep.network_id);
-        let peer_name = names::peer_veth(task_id, &ep.network_id);
+        let bridge = host.require(&ep.bridge).await?;
+        let link_alias = alias(task_id, &ep.network_id);
         if inner.by_name(&ifname).await?.is_none() {
             if let Some(stale) = host.by_name(&host_name).await? {
                 host.delete(&stale).await?;
             }
-            host.add_veth(&host_name, &peer_name, mtu).await?;
-            let peer = host.require(&peer_name).await?;
             let file = std::fs::File::open(ns.as_path()).map_err(|err| AttachError::Open {
                 path: ns.0.clone(),
                 err,
             })?;
-            host.move_to_netns(&peer, file.as_raw_fd()).await?;
-            let moved = inner.require(&peer_name).await?;
-            inner
-                .rename_and_set(&moved, &ifname, names::mac_for(ep.addr.addr()))
-                .await?;
-        }
-        let hv = host.require(&host_name).await?;
-        host.set_alias(&hv, &alias(task_id, &ep.network_id)).await?;
-        let bridge = host.require(&ep.bridge).await?;
-        if hv.controller != Some(bridge.index) {
-            host.set_controller(&hv, bridge.index).await?;
-        }
-        if !hv.up {
-            host.set_up(&hv).await?;
+            host.add_veth_into(
+                VethHost {
+                    name: &host_name,
+                    alias: &link_alias,
+                    bridge: bridge.index,
+                    mtu,
+                },
+                VethPeer {
+                    name: &ifname,
+                    mac: names::mac_for(ep.addr.addr()),
+                    ns_fd: file.as_raw_fd(),
+                },
+            )
+            .await?;
+        } else {
+            // A set-up cut short (agent restart): finish the host end.
+            let hv = host.require(&host_name).await?;
+            if hv.alias.as_deref() != Some(link_alias.as_str()) {
+                host.set_alias(&hv, &link_alias).await?;
+            }
+            if hv.controller != Some(bridge.index) {
+                host.set_controller(&hv, bridge.index).await?;
+            }
+            if !hv.up {
+                host.set_up(&hv).await?;
+            }
         }
         let cv = inner.require(&ifname).await?;
         inner

@@ -10,7 +10,7 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -18,7 +18,8 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
+    RouteMessageBuilder,
 };
 
 /// A netlink request that failed.
@@ -102,6 +103,24 @@ fn parse_link(msg: &LinkMessage) -> Link {
         }
     }
     link
+}
+
+/// The host end of a task's veth pair (see [`Links::add_veth_into`]).
+#[derive(Clone, Copy, Debug)]
+pub struct VethHost<'a> {
+    pub name: &'a str,
+    pub alias: &'a str,
+    /// Index of the bridge it becomes a port of.
+    pub bridge: u32,
+    pub mtu: u32,
+}
+
+/// The task end of a veth pair, made inside the task's namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct VethPeer<'a> {
+    pub name: &'a str,
+    pub mac: [u8; 6],
+    pub ns_fd: std::os::fd::RawFd,
 }
 
 /// A VXLAN forwarding entry: frames for `mac` go to the VTEP `dst`.
@@ -280,6 +299,30 @@ impl Links {
             .execute()
             .await
             .map_err(fail("set bridge port", link.name.clone()))
+    }
+
+    /// A veth pair made in one request: `host` here, up, a port of bridge `bridge`,
+    /// with `alias`; its peer `peer` made directly in the namespace open at `ns_fd`
+    /// with `peer_mac`, down (the kernel opens the peer before the pair is joined, and
+    /// veth refuses that with ENOTCONN: set it up afterwards). Nothing moves between namespaces afterwards: moving a link
+    /// waits for an RCU grace period under the rtnl lock, and with a hundred tasks set
+    /// up at once those waits queued behind each other.
+    pub async fn add_veth_into(&self, host: VethHost<'_>, peer: VethPeer<'_>) -> Result<()> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.name.to_owned())
+            .mtu(host.mtu)
+            .address(peer.mac.to_vec())
+            .setns_by_fd(peer.ns_fd)
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.name.to_owned())
+            .mtu(host.mtu)
+            .alias(host.alias)
+            .controller(host.bridge)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.add(msg, host.name).await
     }
 
     /// Moves a link into the namespace open at `fd`.

@@ -24,6 +24,8 @@ pub const OWNED_PREFIXES: [&str; 4] = [
 pub const BRIDGE_PREFIX: &str = "skb-";
 pub const VXLAN_PREFIX: &str = "skv-";
 pub const HOST_VETH_PREFIX: &str = "skh-";
+/// The temporary host-side name of a task's veth peer in agents before 2026-12 (peers
+/// are now made inside the task's namespace): still owned, so leftovers are cleaned.
 pub const PEER_VETH_PREFIX: &str = "skc-";
 
 /// FNV-1a, 64 bit: stable across releases and machines (std's hasher is not).
@@ -57,10 +59,6 @@ pub fn vxlan(network_id: &str) -> String {
 
 pub fn host_veth(task_id: &str, network_id: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", short(&[task_id, network_id]))
-}
-
-pub fn peer_veth(task_id: &str, network_id: &str) -> String {
-    format!("{PEER_VETH_PREFIX}{}", short(&[task_id, network_id]))
 }
 
 /// Whether a link is one skiff made.
@@ -97,12 +95,7 @@ mod tests {
     #[test]
     fn names_fit_ifnamsiz_and_are_owned() {
         for id in ["", "n", "a-very-long-network-identifier-0123456789abcdef"] {
-            for name in [
-                bridge(id),
-                vxlan(id),
-                host_veth("task", id),
-                peer_veth("task", id),
-            ] {
+            for name in [bridge(id), vxlan(id), host_veth("task", id)] {
                 assert!(name.len() <= 15, "{name}");
                 assert!(is_owned(&name));
             }
