@@ -177,7 +177,6 @@ pub async fn attach(
             host.add_veth_into(
                 VethHost {
                     name: &host_name,
-                    alias: &link_alias,
                     bridge: bridge.index,
                     mtu,
                 },
@@ -188,18 +187,18 @@ pub async fn attach(
                 },
             )
             .await?;
-        } else {
-            // A set-up cut short (agent restart): finish the host end.
-            let hv = host.require(&host_name).await?;
-            if hv.alias.as_deref() != Some(link_alias.as_str()) {
-                host.set_alias(&hv, &link_alias).await?;
-            }
-            if hv.controller != Some(bridge.index) {
-                host.set_controller(&hv, bridge.index).await?;
-            }
-            if !hv.up {
-                host.set_up(&hv).await?;
-            }
+        }
+        // The kernel ignores an alias given at creation; also finishes a set-up cut
+        // short (agent restart).
+        let hv = host.require(&host_name).await?;
+        if hv.alias.as_deref() != Some(link_alias.as_str()) {
+            host.set_alias(&hv, &link_alias).await?;
+        }
+        if hv.controller != Some(bridge.index) {
+            host.set_controller(&hv, bridge.index).await?;
+        }
+        if !hv.up {
+            host.set_up(&hv).await?;
         }
         let cv = inner.require(&ifname).await?;
         inner

@@ -109,7 +109,6 @@ fn parse_link(msg: &LinkMessage) -> Link {
 #[derive(Clone, Copy, Debug)]
 pub struct VethHost<'a> {
     pub name: &'a str,
-    pub alias: &'a str,
     /// Index of the bridge it becomes a port of.
     pub bridge: u32,
     pub mtu: u32,
@@ -224,9 +223,16 @@ impl Links {
             .mcast_snooping(false)
             .address(mac.to_vec())
             .mtu(mtu)
-            .alias(alias)
             .build();
-        self.add(msg, name).await
+        self.add(msg, name).await?;
+        self.alias_new(name, alias).await
+    }
+
+    /// Sets the alias of a link just made: the kernel ignores `IFLA_IFALIAS` in a
+    /// create request.
+    async fn alias_new(&self, name: &str, alias: &str) -> Result<()> {
+        let link = self.require(name).await?;
+        self.set_alias(&link, alias).await
     }
 
     pub async fn add_vxlan(
@@ -243,9 +249,9 @@ impl Links {
             .port(port)
             .learning(false)
             .mtu(mtu)
-            .alias(alias)
             .build();
-        self.add(msg, name).await
+        self.add(msg, name).await?;
+        self.alias_new(name, alias).await
     }
 
     /// A veth pair whose both ends start in this namespace.
@@ -301,8 +307,8 @@ impl Links {
             .map_err(fail("set bridge port", link.name.clone()))
     }
 
-    /// A veth pair made in one request: `host` here, up, a port of bridge `bridge`,
-    /// with `alias`; its peer `peer` made directly in the namespace open at `ns_fd`
+    /// A veth pair made in one request: `host` here, up, a port of bridge `bridge`
+    /// (its alias is set afterwards: the kernel ignores one given at creation); its peer `peer` made directly in the namespace open at `ns_fd`
     /// with `peer_mac`, down (the kernel opens the peer before the pair is joined, and
     /// veth refuses that with ENOTCONN: set it up afterwards). Nothing moves between namespaces afterwards: moving a link
     /// waits for an RCU grace period under the rtnl lock, and with a hundred tasks set
@@ -317,7 +323,6 @@ impl Links {
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host.name.to_owned())
             .mtu(host.mtu)
-            .alias(host.alias)
             .controller(host.bridge)
             .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))

@@ -99,6 +99,17 @@ async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
     assert_eq!(al.fdb(&vx).await.expect("fdb").len(), 2);
     let br = al.require(&names::bridge("n1")).await.expect("bridge");
     assert_eq!(al.permanent_neighbours(&br).await.expect("neigh").len(), 1);
+    assert_eq!(br.alias.as_deref(), Some("skiff network=n1"));
+    let vx = al.require(&names::vxlan("n1")).await.expect("vxlan");
+    assert_eq!(vx.alias.as_deref(), Some("skiff network=n1"));
+    let task_links: Vec<_> = al.list().await.expect("links");
+    assert!(
+        task_links
+            .iter()
+            .any(|l| l.name.starts_with(names::HOST_VETH_PREFIX)
+                && l.alias.as_deref().is_some_and(|a| a.contains("task=ta"))),
+        "the task's host veth carries its alias"
+    );
     eventually(Duration::from_secs(5), || {
         fetch(Some(ca.as_path()), sa("10.213.1.3", 7000), T)
     });
