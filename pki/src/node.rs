@@ -192,14 +192,16 @@ impl Credentials {
         Ok(creds)
     }
 
-    /// Writes the three files (key first, 0600; each file replaced atomically).
+    /// Writes the three files (key first, 0600; the certificate last, so its presence
+    /// means the set is complete; each file replaced atomically).
     /// Renewal that keeps the key rewrites only the certificate, so a crash never leaves
     /// a key and a certificate that do not belong together.
     pub fn save(&self, dir: &Path, stem: &str) -> Result<CredentialPaths, NodeError> {
         let paths = CredentialPaths::new(dir, stem);
+        // The certificate last: whoever waits for it finds the key and the CA there.
         keyfile::write_private(&paths.key, self.key_pem.as_bytes())?;
-        keyfile::write_public(&paths.cert, self.cert_pem.as_bytes())?;
         keyfile::write_public(&paths.ca, self.ca_pem.as_bytes())?;
+        keyfile::write_public(&paths.cert, self.cert_pem.as_bytes())?;
         Ok(paths)
     }
 

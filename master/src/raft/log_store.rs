@@ -1,7 +1,9 @@
 //! The raft log and vote in redb. An append is visible when `append` returns and is
 //! acknowledged (the `IOFlushed` callback) only after an fsync'd commit: appends commit
 //! without fsync, and one flusher thread makes every pending append durable with a
-//! single fsync'd commit, then completes their callbacks in order (group commit).
+//! single fsync'd commit, then completes their callbacks in order (group commit). The
+//! committed index rides along in that commit (openraft allows it to lag): saving it
+//! costs no write transaction of its own, which would queue behind redb's one writer.
 
 use std::fmt::Debug;
 use std::io;
@@ -29,7 +31,11 @@ const COMMITTED: &str = "committed";
 pub struct LogStore {
     db: Arc<Database>,
     flusher: std_mpsc::Sender<IOFlushed<TypeConfig>>,
+    /// The committed index saved since the flusher last wrote it.
+    committed: Arc<std::sync::Mutex<Option<Committed>>>,
 }
+
+type Committed = Option<LogIdOf<TypeConfig>>;
 
 fn io_err(what: &str, err: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("raft log: {what}: {err}"))
@@ -63,11 +69,17 @@ impl LogStore {
         // Weak: the database closes when the last LogStore is dropped, not when the
         // flusher thread gets around to noticing.
         let flush_db = Arc::downgrade(&db);
+        let committed = Arc::new(std::sync::Mutex::new(None));
+        let flush_committed = Arc::clone(&committed);
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flusher(&flush_db, &rx))
+            .spawn(move || flusher(&flush_db, &flush_committed, &rx))
             .map_err(|e| io_err("starting the flusher thread", e))?;
-        Ok(LogStore { db, flusher: tx })
+        Ok(LogStore {
+            db,
+            flusher: tx,
+            committed,
+        })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
@@ -108,6 +120,7 @@ impl LogStore {
     /// Prepares an empty log to continue after `last` (force-new-cluster, restore):
     /// everything up to `last` is in the snapshot, committed, and purged from the log.
     pub fn seed(&self, last: LogIdOf<TypeConfig>, vote: VoteOf<TypeConfig>) -> io::Result<()> {
+        take_pending(&self.committed);
         self.put_meta(LAST_PURGED, &last, true)?;
         self.put_meta(COMMITTED, &Some(last), true)?;
         self.put_meta(VOTE, &vote, true)
@@ -145,8 +158,20 @@ impl LogStore {
     }
 }
 
-/// Makes all earlier commits durable with one fsync'd commit, then acknowledges.
-fn flusher(db: &std::sync::Weak<Database>, rx: &std_mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn take_pending(committed: &std::sync::Mutex<Option<Committed>>) -> Option<Committed> {
+    committed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
+/// Makes all earlier commits durable with one fsync'd commit (writing the committed
+/// index saved meanwhile), then acknowledges.
+fn flusher(
+    db: &std::sync::Weak<Database>,
+    committed: &std::sync::Mutex<Option<Committed>>,
+    rx: &std_mpsc::Receiver<IOFlushed<TypeConfig>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -155,6 +180,13 @@ fn flusher(db: &std::sync::Weak<Database>, rx: &std_mpsc::Receiver<IOFlushed<Typ
         let result = (|| -> Result<(), String> {
             let db = db.upgrade().ok_or("the log database was closed")?;
             let txn = db.begin_write().map_err(|e| e.to_string())?;
+            if let Some(c) = take_pending(committed) {
+                let bytes = postcard::to_stdvec(&c).map_err(|e| e.to_string())?;
+                let mut table = txn.open_table(META).map_err(|e| e.to_string())?;
+                table
+                    .insert(COMMITTED, bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
             txn.commit().map_err(|e| e.to_string())
         })();
         for cb in batch {
@@ -221,16 +253,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.put_meta(COMMITTED, &committed, false))
-            .await
-            .map_err(|e| io_err("save committed task", e))?
+        // Written by the next flush (openraft may lose the latest committed index: a
+        // restart then applies a little less at once and learns the rest).
+        *self
+            .committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(self
-            .get_meta::<Option<LogIdOf<TypeConfig>>>(COMMITTED)?
-            .flatten())
+        let pending = *self
+            .committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match pending {
+            Some(c) => Ok(c),
+            None => Ok(self
+                .get_meta::<Option<LogIdOf<TypeConfig>>>(COMMITTED)?
+                .flatten()),
+        }
     }
 
     async fn append<I>(

@@ -375,7 +375,8 @@ impl Master {
             if !admin.join("admin.pem").exists() {
                 return Err("no admin certificate yet".into());
             }
-            let creds = self.admin();
+            let creds = Credentials::load(&admin, skiff_pki::ADMIN_FILE_STEM)
+                .map_err(|e| format!("admin credentials not complete yet: {e:?}"))?;
             skiff_pki::endpoint(
                 &self.addr,
                 skiff_pki::client_tls_config(&creds).map_err(|e| e.to_string())?,
