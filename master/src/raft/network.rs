@@ -196,6 +196,16 @@ fn rpc_error(status: &tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
+/// One answer of an append stream, as openraft takes it.
+type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// How long an append stream may wait for an answer while requests are unanswered: the
+/// RPC deadline openraft gives (the heartbeat interval), but at least a second, so a
+/// follower's slow fsync does not tear the stream down.
+fn stream_answer_deadline(option: &RPCOption) -> Duration {
+    option.hard_ttl().max(Duration::from_secs(1))
+}
+
 impl Peer {
     fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
         self.client.clone().map_err(|e| {
@@ -205,16 +215,26 @@ impl Peer {
             )))
         })
     }
-}
 
-/// One answer of an append stream, as openraft takes it.
-type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
-
-/// How long an append stream may wait for an answer while requests are unanswered: the
-/// RPC deadline openraft gives (the heartbeat interval), but at least a second, so a
-/// follower's slow fsync does not tear the stream down.
-fn stream_answer_deadline(option: &RPCOption) -> Duration {
-    option.hard_ttl().max(Duration::from_secs(1))
+    /// One unary RPC: `msg` postcard-encoded with openraft's deadline, the answer
+    /// decoded.
+    async fn unary<Req, Resp, Call, Fut>(
+        &self,
+        msg: &Req,
+        option: &RPCOption,
+        call: Call,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        Call: FnOnce(RaftTransportClient<Channel>, tonic::Request<pb::RaftPayload>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<pb::RaftPayload>, tonic::Status>>,
+    {
+        let resp = call(self.client()?, request(encode(msg)?, option))
+            .await
+            .map_err(|s| rpc_error(&s))?;
+        decode(&resp.into_inner())
+    }
 }
 
 fn request<T>(msg: T, option: &RPCOption) -> tonic::Request<T> {
@@ -231,12 +251,10 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut client = self.client()?;
-        let resp = client
-            .append_entries(request(encode(&rpc)?, &option))
-            .await
-            .map_err(|s| rpc_error(&s))?;
-        decode(&resp.into_inner())
+        self.unary(&rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
     }
 
     /// Replication as one gRPC stream per session: requests go out as openraft makes
@@ -308,12 +326,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut client = self.client()?;
-        let resp = client
-            .vote(request(encode(&rpc)?, &option))
+        self.unary(&rpc, &option, |mut c, r| async move { c.vote(r).await })
             .await
-            .map_err(|s| rpc_error(&s))?;
-        decode(&resp.into_inner())
     }
 
     async fn pre_vote(
@@ -321,12 +335,8 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut client = self.client()?;
-        let resp = client
-            .pre_vote(request(encode(&rpc)?, &option))
+        self.unary(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
             .await
-            .map_err(|s| rpc_error(&s))?;
-        decode(&resp.into_inner())
     }
 
     async fn full_snapshot(
@@ -376,11 +386,9 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let mut client = self.client()?;
-        let resp = client
-            .transfer_leader(request(encode(&req)?, &option))
-            .await
-            .map_err(|s| rpc_error(&s))?;
-        decode(&resp.into_inner())
+        self.unary(&req, &option, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
     }
 }
