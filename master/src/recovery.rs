@@ -138,7 +138,7 @@ async fn read_on_disk(raft_dir: &Path) -> Result<OnDisk, RecoveryError> {
             let index = e.log_id.index();
             match &e.payload {
                 EntryPayload::Normal(p) => {
-                    execute(&mut state, &p.command, index, p.proposed_at_ms);
+                    execute(&mut state, p.command(), index, p.proposed_at_ms);
                 }
                 EntryPayload::Membership(m) => {
                     membership = Some(m.clone());
@@ -172,7 +172,7 @@ async fn read_on_disk(raft_dir: &Path) -> Result<OnDisk, RecoveryError> {
 
 /// Moves `raft_dir` aside and writes a fresh raft state that continues at `last`
 /// with `me` as the only voter.
-fn seed(
+async fn seed(
     raft_dir: &Path,
     me: u64,
     addr: &str,
@@ -216,6 +216,7 @@ fn seed(
         last,
         openraft::impls::Vote::new(last.leader_id.term + 1, me),
     )
+    .await
     .map_err(write)?;
     Ok(aside)
 }
@@ -259,7 +260,8 @@ pub async fn force_new_cluster(
         &identity.advertise,
         &disk.state,
         disk.last,
-    )?;
+    )
+    .await?;
     tracing::warn!(
         index = disk.last.index(),
         term = disk.last.leader_id.term,
@@ -347,7 +349,7 @@ pub async fn restore(
         },
         revision,
     );
-    let moved_aside = seed(&data_dir.join("raft"), raft_id, advertise, &state, last)?;
+    let moved_aside = seed(&data_dir.join("raft"), raft_id, advertise, &state, last).await?;
     identity.save(data_dir)?;
     Ok(ForceReport {
         index: revision,

@@ -84,11 +84,9 @@ pub fn find_service<'a>(s: &'a StoreState, name: &str, project: &str) -> Option<
     {
         return Some(svc);
     }
-    s.services().find(|svc| {
-        svc.spec
-            .as_ref()
-            .is_some_and(|sp| format!("{}_{}", sp.project, sp.name) == name)
-    })
+    // `<project>_<name>`: either part may hold '_' too, so try every split.
+    name.match_indices('_')
+        .find_map(|(at, _)| s.service_by_name(&name[..at], &name[at + 1..]))
 }
 
 /// A node by id or hostname.

@@ -1,22 +1,27 @@
-//! The raft log and vote in redb. An append is visible when `append` returns and is
-//! acknowledged (the `IOFlushed` callback) only after an fsync'd commit: appends commit
-//! without fsync, and one flusher thread makes every pending append durable with a
-//! single fsync'd commit, then completes their callbacks in order (group commit). The
-//! committed index rides along in that commit (openraft allows it to lag): saving it
-//! costs no write transaction of its own, which would queue behind redb's one writer.
+//! The raft log and vote in redb, with the recent tail of the log kept in memory.
+//!
+//! One writer thread owns every change to the database. `append` puts the entries in
+//! the in-memory tail (readable at once: replication and the state machine read them
+//! from there, decoded, without touching redb) and hands them to the writer; the writer
+//! takes everything queued (appends, truncations, purges, the vote, the committed index),
+//! applies it in order in one write transaction, commits it with one fsync, and only
+//! then acknowledges (the `IOFlushed` callbacks, or the waiting call). An entry leaves
+//! the tail only once it is durable, so a read that misses the tail finds it in redb.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::OptionalSend;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
 
 use super::TypeConfig;
 
@@ -26,19 +31,62 @@ const VOTE: &str = "vote";
 const LAST_PURGED: &str = "last_purged";
 const COMMITTED: &str = "committed";
 
-/// The log store; clones share the database and the flusher.
+/// Entries kept in memory once durable (a lagging follower reads older ones from redb).
+const TAIL_KEEP: usize = 4096;
+
+/// The log store; clones share the database, the tail and the writer.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    flusher: std_mpsc::Sender<IOFlushed<TypeConfig>>,
-    /// The committed index saved since the flusher last wrote it.
-    committed: Arc<std::sync::Mutex<Option<Committed>>>,
+    writer: std_mpsc::Sender<Op>,
+    shared: Arc<Mutex<Shared>>,
 }
 
 type Committed = Option<LogIdOf<TypeConfig>>;
 
+/// What the writer's callers and readers share.
+#[derive(Default)]
+struct Shared {
+    /// Recent entries by index, each with the number of the append that wrote it.
+    tail: BTreeMap<u64, (u64, EntryOf<TypeConfig>)>,
+    /// Appends are numbered; every append up to this one is durable.
+    durable: u64,
+    next_append: u64,
+    /// The committed index saved since the writer last wrote it.
+    committed: Option<Committed>,
+}
+
+impl Shared {
+    /// Drops durable entries beyond what the tail keeps.
+    fn trim(&mut self) {
+        while self.tail.len() > TAIL_KEEP {
+            match self.tail.first_key_value() {
+                Some((_, (n, _))) if *n <= self.durable => {
+                    self.tail.pop_first();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// One change for the writer thread.
+enum Op {
+    Append(u64, Vec<EntryOf<TypeConfig>>, IOFlushed<TypeConfig>),
+    /// Removes entries in `[from, to)`.
+    Remove(u64, u64, Done),
+    /// Writes a meta value.
+    Meta(&'static str, Vec<u8>, Done),
+}
+
+type Done = oneshot::Sender<io::Result<()>>;
+
 fn io_err(what: &str, err: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("raft log: {what}: {err}"))
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl LogStore {
@@ -65,20 +113,20 @@ impl LogStore {
             .map_err(|e| io_err("creating table meta", e))?;
         txn.commit().map_err(|e| io_err("commit", e))?;
         let db = Arc::new(db);
-        let (tx, rx) = std_mpsc::channel::<IOFlushed<TypeConfig>>();
+        let (tx, rx) = std_mpsc::channel::<Op>();
         // Weak: the database closes when the last LogStore is dropped, not when the
-        // flusher thread gets around to noticing.
-        let flush_db = Arc::downgrade(&db);
-        let committed = Arc::new(std::sync::Mutex::new(None));
-        let flush_committed = Arc::clone(&committed);
+        // writer thread gets around to noticing.
+        let writer_db = Arc::downgrade(&db);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let writer_shared = Arc::clone(&shared);
         std::thread::Builder::new()
-            .name("raft-log-flush".into())
-            .spawn(move || flusher(&flush_db, &flush_committed, &rx))
-            .map_err(|e| io_err("starting the flusher thread", e))?;
+            .name("raft-log-write".into())
+            .spawn(move || writer(&writer_db, &writer_shared, &rx))
+            .map_err(|e| io_err("starting the writer thread", e))?;
         Ok(LogStore {
             db,
-            flusher: tx,
-            committed,
+            writer: tx,
+            shared,
         })
     }
 
@@ -96,38 +144,36 @@ impl LogStore {
         }
     }
 
-    /// Writes one meta value; `durable` waits for the fsync.
-    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T, durable: bool) -> io::Result<()> {
+    /// Queues `op` (made with its completion sender) and waits until it is durable.
+    async fn write(&self, op: impl FnOnce(Done) -> Op) -> io::Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.writer
+            .send(op(done))
+            .map_err(|_| io_err("write", "the writer thread is gone"))?;
+        wait.await
+            .map_err(|_| io_err("write", "the writer thread is gone"))?
+    }
+
+    async fn put_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> io::Result<()> {
         let bytes = postcard::to_stdvec(value).map_err(|e| io_err(&format!("encode {key}"), e))?;
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| io_err("begin write", e))?;
-        if !durable {
-            txn.set_durability(Durability::None)
-                .map_err(|e| io_err("set durability", e))?;
-        }
-        {
-            let mut table = txn.open_table(META).map_err(|e| io_err("open meta", e))?;
-            table
-                .insert(key, bytes.as_slice())
-                .map_err(|e| io_err(&format!("write {key}"), e))?;
-        }
-        txn.commit()
-            .map_err(|e| io_err(&format!("commit {key}"), e))
+        self.write(|done| Op::Meta(key, bytes, done)).await
     }
 
     /// Prepares an empty log to continue after `last` (force-new-cluster, restore):
     /// everything up to `last` is in the snapshot, committed, and purged from the log.
-    pub fn seed(&self, last: LogIdOf<TypeConfig>, vote: VoteOf<TypeConfig>) -> io::Result<()> {
-        take_pending(&self.committed);
-        self.put_meta(LAST_PURGED, &last, true)?;
-        self.put_meta(COMMITTED, &Some(last), true)?;
-        self.put_meta(VOTE, &vote, true)
+    pub async fn seed(
+        &self,
+        last: LogIdOf<TypeConfig>,
+        vote: VoteOf<TypeConfig>,
+    ) -> io::Result<()> {
+        lock(&self.shared).committed = None;
+        self.put_meta(LAST_PURGED, &last).await?;
+        self.put_meta(COMMITTED, &Some(last)).await?;
+        self.put_meta(VOTE, &vote).await
     }
 
-    /// The last log id in the log, if any (ignores purged entries).
-    fn last_entry_id(&self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
+    /// The last log id in redb, if any (ignores purged entries).
+    fn last_stored_id(&self) -> io::Result<Option<LogIdOf<TypeConfig>>> {
         let txn = self.db.begin_read().map_err(|e| io_err("begin read", e))?;
         let table = txn.open_table(LOGS).map_err(|e| io_err("open logs", e))?;
         match table.last().map_err(|e| io_err("read last entry", e))? {
@@ -140,59 +186,96 @@ impl LogStore {
         }
     }
 
-    /// Removes entries in `[from, to)` without fsync (the next append's flush persists it).
-    fn remove_range(&self, from: u64, to: u64) -> io::Result<()> {
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| io_err("begin write", e))?;
-        txn.set_durability(Durability::None)
-            .map_err(|e| io_err("set durability", e))?;
-        {
-            let mut table = txn.open_table(LOGS).map_err(|e| io_err("open logs", e))?;
-            table
-                .retain_in(from..to, |_, _| false)
-                .map_err(|e| io_err(&format!("remove entries {from}..{to}"), e))?;
+    /// Entries in `[start, end)` from redb.
+    fn read_stored(&self, start: u64, end: u64) -> io::Result<Vec<EntryOf<TypeConfig>>> {
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
         }
-        txn.commit().map_err(|e| io_err("commit removal", e))
+        let txn = self.db.begin_read().map_err(|e| io_err("begin read", e))?;
+        let table = txn.open_table(LOGS).map_err(|e| io_err("open logs", e))?;
+        for item in table.range(start..end).map_err(|e| io_err("range", e))? {
+            let (k, v) = item.map_err(|e| io_err("read entry", e))?;
+            let entry: EntryOf<TypeConfig> = postcard::from_bytes(v.value())
+                .map_err(|e| io_err(&format!("decode entry {}", k.value()), e))?;
+            out.push(entry);
+        }
+        Ok(out)
     }
 }
 
-fn take_pending(committed: &std::sync::Mutex<Option<Committed>>) -> Option<Committed> {
-    committed
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take()
-}
-
-/// Makes all earlier commits durable with one fsync'd commit (writing the committed
-/// index saved meanwhile), then acknowledges.
-fn flusher(
-    db: &std::sync::Weak<Database>,
-    committed: &std::sync::Mutex<Option<Committed>>,
-    rx: &std_mpsc::Receiver<IOFlushed<TypeConfig>>,
-) {
+/// Applies every queued op in one transaction and commits it with one fsync, then
+/// acknowledges them all (the database handle is let go first, so a caller that reopens
+/// the file after its write returned finds it closed).
+fn writer(db: &std::sync::Weak<Database>, shared: &Mutex<Shared>, rx: &std_mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let result = (|| -> Result<(), String> {
-            let db = db.upgrade().ok_or("the log database was closed")?;
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
-            if let Some(c) = take_pending(committed) {
-                let bytes = postcard::to_stdvec(&c).map_err(|e| e.to_string())?;
-                let mut table = txn.open_table(META).map_err(|e| e.to_string())?;
-                table
-                    .insert(COMMITTED, bytes.as_slice())
-                    .map_err(|e| e.to_string())?;
+        let last_append = batch
+            .iter()
+            .filter_map(|op| match op {
+                Op::Append(n, ..) => Some(*n),
+                _ => None,
+            })
+            .max();
+        let result = match db.upgrade() {
+            None => Err("the log database was closed".to_string()),
+            Some(db) => write_batch(&db, shared, &batch),
+        };
+        if result.is_ok()
+            && let Some(n) = last_append
+        {
+            let mut s = lock(shared);
+            s.durable = s.durable.max(n);
+            s.trim();
+        }
+        for op in batch {
+            let r = result.clone().map_err(|e| io_err("write", e));
+            match op {
+                Op::Append(_, _, cb) => cb.io_completed(r),
+                Op::Remove(_, _, done) | Op::Meta(_, _, done) => {
+                    let _ = done.send(r);
+                }
             }
-            txn.commit().map_err(|e| e.to_string())
-        })();
-        for cb in batch {
-            cb.io_completed(result.clone().map_err(|e| io_err("fsync", e)));
         }
     }
+}
+
+fn write_batch(db: &Database, shared: &Mutex<Shared>, batch: &[Op]) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut logs = txn.open_table(LOGS).map_err(|e| e.to_string())?;
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        for op in batch {
+            match op {
+                Op::Append(_, entries, _) => {
+                    for e in entries {
+                        let bytes = postcard::to_stdvec(e)
+                            .map_err(|err| format!("encode entry {}: {err}", e.index()))?;
+                        logs.insert(e.index(), bytes.as_slice())
+                            .map_err(|err| format!("write entry {}: {err}", e.index()))?;
+                    }
+                }
+                Op::Remove(from, to, _) => {
+                    logs.retain_in(*from..*to, |_, _| false)
+                        .map_err(|e| format!("remove entries {from}..{to}: {e}"))?;
+                }
+                Op::Meta(key, bytes, _) => {
+                    meta.insert(*key, bytes.as_slice())
+                        .map_err(|e| format!("write {key}: {e}"))?;
+                }
+            }
+        }
+        let pending = lock(shared).committed.take();
+        if let Some(c) = pending {
+            let bytes = postcard::to_stdvec(&c).map_err(|e| e.to_string())?;
+            meta.insert(COMMITTED, bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -200,23 +283,36 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<EntryOf<TypeConfig>>, io::Error> {
-        let txn = self.db.begin_read().map_err(|e| io_err("begin read", e))?;
-        let table = txn.open_table(LOGS).map_err(|e| io_err("open logs", e))?;
         let start = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        for item in table.range(start..).map_err(|e| io_err("range", e))? {
-            let (k, v) = item.map_err(|e| io_err("read entry", e))?;
-            if !range.contains(&k.value()) {
-                break;
-            }
-            let entry: EntryOf<TypeConfig> = postcard::from_bytes(v.value())
-                .map_err(|e| io_err(&format!("decode entry {}", k.value()), e))?;
-            out.push(entry);
+        let end = match range.end_bound() {
+            Bound::Included(x) => x.saturating_add(1),
+            Bound::Excluded(x) => *x,
+            Bound::Unbounded => u64::MAX,
+        };
+        if start >= end {
+            return Ok(Vec::new());
         }
+        // The tail first: what it no longer holds below its first entry is durable.
+        let (tail_start, from_tail) = {
+            let s = lock(&self.shared);
+            let tail_start = s.tail.first_key_value().map_or(u64::MAX, |(i, _)| *i);
+            let from = start.max(tail_start);
+            let from_tail: Vec<_> = if from < end {
+                s.tail
+                    .range(from..end)
+                    .map(|(_, (_, e))| e.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (tail_start, from_tail)
+        };
+        let mut out = self.read_stored(start, end.min(tail_start))?;
+        out.extend(from_tail);
         Ok(out)
     }
 
@@ -230,7 +326,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogIdOf<TypeConfig>> = self.get_meta(LAST_PURGED)?;
-        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        let in_tail = lock(&self.shared)
+            .tail
+            .last_key_value()
+            .map(|(_, (_, e))| e.log_id());
+        let last_log_id = match in_tail {
+            Some(id) => Some(id),
+            None => self.last_stored_id()?,
+        }
+        .or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -242,31 +346,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
-        let this = self.clone();
-        let vote = *vote;
-        tokio::task::spawn_blocking(move || this.put_meta(VOTE, &vote, true))
-            .await
-            .map_err(|e| io_err("save vote task", e))?
+        self.put_meta(VOTE, vote).await
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        // Written by the next flush (openraft may lose the latest committed index: a
+        // Written by the next batch (openraft may lose the latest committed index: a
         // restart then applies a little less at once and learns the rest).
-        *self
-            .committed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(committed);
+        lock(&self.shared).committed = Some(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        let pending = *self
-            .committed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pending = lock(&self.shared).committed;
         match pending {
             Some(c) => Ok(c),
             None => Ok(self
@@ -283,32 +377,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     where
         I: IntoIterator<Item = EntryOf<TypeConfig>> + Send,
     {
-        let mut encoded = Vec::new();
-        for e in entries {
-            let bytes = postcard::to_stdvec(&e).map_err(|err| io_err("encode entry", err))?;
-            encoded.push((e.index(), bytes));
-        }
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let mut txn = db.begin_write().map_err(|e| io_err("begin write", e))?;
-            txn.set_durability(Durability::None)
-                .map_err(|e| io_err("set durability", e))?;
-            {
-                let mut table = txn.open_table(LOGS).map_err(|e| io_err("open logs", e))?;
-                for (index, bytes) in &encoded {
-                    table
-                        .insert(*index, bytes.as_slice())
-                        .map_err(|e| io_err(&format!("write entry {index}"), e))?;
-                }
+        let entries: Vec<_> = entries.into_iter().collect();
+        let n = {
+            let mut s = lock(&self.shared);
+            s.next_append += 1;
+            let n = s.next_append;
+            for e in &entries {
+                s.tail.insert(e.index(), (n, e.clone()));
             }
-            txn.commit().map_err(|e| io_err("commit entries", e))
-        })
-        .await
-        .map_err(|e| io_err("append task", e))??;
-        // Readable now; acknowledged once the flusher's fsync'd commit returns.
-        self.flusher
-            .send(callback)
-            .map_err(|_| io_err("flush", "the flusher thread is gone"))
+            s.trim();
+            n
+        };
+        // Readable now (from the tail); acknowledged once the writer's commit returns.
+        self.writer
+            .send(Op::Append(n, entries, callback))
+            .map_err(|_| io_err("append", "the writer thread is gone"))
     }
 
     async fn truncate_after(
@@ -316,20 +399,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index() + 1);
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.remove_range(from, u64::MAX))
-            .await
-            .map_err(|e| io_err("truncate task", e))?
+        lock(&self.shared).tail.split_off(&from);
+        self.write(|done| Op::Remove(from, u64::MAX, done)).await
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            // Record first: entries at or before it are ignored from then on.
-            this.put_meta(LAST_PURGED, &log_id, false)?;
-            this.remove_range(0, log_id.index() + 1)
-        })
-        .await
-        .map_err(|e| io_err("purge task", e))?
+        let upto = log_id.index() + 1;
+        {
+            let mut s = lock(&self.shared);
+            let kept = s.tail.split_off(&upto);
+            s.tail = kept;
+        }
+        // Recorded first, in the same batch: entries at or before it are ignored from
+        // then on. (The removal's answer covers both.)
+        let bytes = postcard::to_stdvec(&log_id).map_err(|e| io_err("encode last_purged", e))?;
+        let (done, _answered_by_the_removal) = oneshot::channel();
+        self.writer
+            .send(Op::Meta(LAST_PURGED, bytes, done))
+            .map_err(|_| io_err("purge", "the writer thread is gone"))?;
+        self.write(|done| Op::Remove(0, upto, done)).await
     }
 }

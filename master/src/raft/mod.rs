@@ -40,10 +40,36 @@ use crate::store::{ApplyError, Store};
 pub use openraft::impls::BasicNode;
 
 /// A raft log entry's application data: one store command and the proposer's clock.
+///
+/// The command is prost-encoded once, when the proposal is made (or as it arrives from
+/// the leader), and kept beside the decoded form: the log, the replication stream and
+/// the state machine all share one `Arc`, so an entry is neither re-encoded per follower
+/// nor decoded again to be applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Proposal {
-    pub command: pb::Command,
+    command: Arc<pb::Command>,
+    encoded: Arc<[u8]>,
     pub proposed_at_ms: i64,
+}
+
+impl Proposal {
+    pub fn new(command: pb::Command, proposed_at_ms: i64) -> Self {
+        let encoded = command.encode_to_vec().into();
+        Proposal {
+            command: Arc::new(command),
+            encoded,
+            proposed_at_ms,
+        }
+    }
+
+    pub fn command(&self) -> &pb::Command {
+        &self.command
+    }
+
+    /// The command, cloned only if another holder still shares it.
+    pub fn into_command(self) -> pb::Command {
+        Arc::unwrap_or_clone(self.command)
+    }
 }
 
 impl std::fmt::Display for Proposal {
@@ -57,16 +83,63 @@ impl std::fmt::Display for Proposal {
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ProposalWire {
-    command: Vec<u8>,
+/// The command's bytes on the wire and on disk: a length and the bytes (postcard writes
+/// a `Vec<u8>` the same way, so logs written before this type still read).
+struct CommandBytes<'a>(&'a [u8]);
+
+impl serde::Serialize for CommandBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+struct OwnedCommandBytes(Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for OwnedCommandBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OwnedCommandBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an encoded command")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(OwnedCommandBytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+                Ok(OwnedCommandBytes(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element()? {
+                    v.push(b);
+                }
+                Ok(OwnedCommandBytes(v))
+            }
+        }
+        d.deserialize_bytes(Visit)
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ProposalWire<'a> {
+    command: CommandBytes<'a>,
+    proposed_at_ms: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct ProposalWireOwned {
+    command: OwnedCommandBytes,
     proposed_at_ms: i64,
 }
 
 impl serde::Serialize for Proposal {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         ProposalWire {
-            command: self.command.encode_to_vec(),
+            command: CommandBytes(&self.encoded),
             proposed_at_ms: self.proposed_at_ms,
         }
         .serialize(s)
@@ -75,11 +148,12 @@ impl serde::Serialize for Proposal {
 
 impl<'de> serde::Deserialize<'de> for Proposal {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let w = ProposalWire::deserialize(d)?;
+        let w = ProposalWireOwned::deserialize(d)?;
         let command =
-            pb::Command::decode(w.command.as_slice()).map_err(serde::de::Error::custom)?;
+            pb::Command::decode(w.command.0.as_slice()).map_err(serde::de::Error::custom)?;
         Ok(Proposal {
-            command,
+            command: Arc::new(command),
+            encoded: w.command.0.into(),
             proposed_at_ms: w.proposed_at_ms,
         })
     }
@@ -287,10 +361,7 @@ impl RaftNode {
 
     /// Commits a command and returns the revision it applied at.
     pub async fn propose(&self, command: pb::Command) -> Result<u64, ProposeError> {
-        let proposal = Proposal {
-            command,
-            proposed_at_ms: now_ms(),
-        };
+        let proposal = Proposal::new(command, now_ms());
         match self.raft.client_write(proposal.clone()).await {
             Ok(resp) => resp
                 .data
@@ -308,7 +379,10 @@ impl RaftNode {
                     let Some(addr) = leader else {
                         return Err(ProposeError::NotLeader { leader: None });
                     };
-                    return self.network.forward_proposal(&addr, proposal.command).await;
+                    return self
+                        .network
+                        .forward_proposal(&addr, proposal.into_command())
+                        .await;
                 }
                 Err(ProposeError::Unavailable(err.to_string()))
             }
@@ -317,10 +391,7 @@ impl RaftNode {
 
     /// Commits a command only if this master leads (no forwarding).
     pub async fn propose_local(&self, command: pb::Command) -> Result<u64, ProposeError> {
-        let proposal = Proposal {
-            command,
-            proposed_at_ms: now_ms(),
-        };
+        let proposal = Proposal::new(command, now_ms());
         match self.raft.client_write(proposal).await {
             Ok(resp) => resp
                 .data

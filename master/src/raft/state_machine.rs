@@ -142,7 +142,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let index = entry.log_id.index();
             let outcome = match &entry.payload {
                 EntryPayload::Normal(p) => {
-                    let answer = self.store.apply(&p.command, index, p.proposed_at_ms);
+                    let answer = self.store.apply(p.command(), index, p.proposed_at_ms);
                     Outcome {
                         revision: answer.revision,
                         result: answer.result,

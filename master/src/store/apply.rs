@@ -78,8 +78,8 @@ pub fn plan(
                 id.clone()
             },
         );
-        let stored = state.get(kind, &id);
-        let found = stored.as_ref().map_or(0, Object::version);
+        let stored = state.meta_of(kind, &id);
+        let found = stored.flatten().map_or(0, |m| m.version);
         // Every mutation is checked against the state before the command.
         if !m.unconditional && m.expected_version != found {
             return Err(ApplyError::Conflict {
@@ -89,12 +89,10 @@ pub fn plan(
                 found,
             });
         }
-        let created = touched.get(&slot).map(|(c, _)| *c).unwrap_or_else(|| {
-            stored
-                .as_ref()
-                .and_then(|o| o.meta().map(|m| m.created_at_ms))
-                .unwrap_or(now_ms)
-        });
+        let created = touched
+            .get(&slot)
+            .map(|(c, _)| *c)
+            .unwrap_or_else(|| stored.flatten().map_or(now_ms, |m| m.created_at_ms));
         match op {
             Op::Put(mut object) => {
                 object.set_meta(pb::Meta {

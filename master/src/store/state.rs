@@ -176,15 +176,20 @@ impl StoreState {
 
     /// The version of the stored object (0 when absent).
     pub fn version_of(&self, kind: Kind, id: &str) -> u64 {
-        let meta = match kind {
-            Kind::Node => self.nodes.get(id).and_then(|o| o.meta.as_ref()),
-            Kind::Service => self.services.get(id).and_then(|o| o.meta.as_ref()),
-            Kind::Task => self.tasks.get(id).and_then(|o| o.meta.as_ref()),
-            Kind::Network => self.networks.get(id).and_then(|o| o.meta.as_ref()),
-            Kind::Volume => self.volumes.get(id).and_then(|o| o.meta.as_ref()),
-            Kind::Cluster => self.cluster.as_ref().and_then(|o| o.meta.as_ref()),
-        };
-        meta.map_or(0, |m| m.version)
+        self.meta_of(kind, id).flatten().map_or(0, |m| m.version)
+    }
+
+    /// The stored object's meta, without copying the object: `None` when it is absent,
+    /// `Some(None)` when it is stored without one.
+    pub fn meta_of(&self, kind: Kind, id: &str) -> Option<Option<&pb::Meta>> {
+        match kind {
+            Kind::Node => self.nodes.get(id).map(|o| o.meta.as_ref()),
+            Kind::Service => self.services.get(id).map(|o| o.meta.as_ref()),
+            Kind::Task => self.tasks.get(id).map(|o| o.meta.as_ref()),
+            Kind::Network => self.networks.get(id).map(|o| o.meta.as_ref()),
+            Kind::Volume => self.volumes.get(id).map(|o| o.meta.as_ref()),
+            Kind::Cluster => self.cluster.as_ref().map(|o| o.meta.as_ref()),
+        }
     }
 
     /// Moves the revision forward (every log entry does, even one that changed nothing).
