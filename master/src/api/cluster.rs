@@ -384,10 +384,14 @@ impl ClusterApi for ClusterService {
                         r.name, r.expected_version
                     )));
                 }
-                let old = svc.spec.clone().unwrap_or_default();
                 let mut new = spec.clone();
-                new.name = old.name.clone();
-                new.project = old.project.clone();
+                if let Some(old) = &svc.spec {
+                    new.name.clone_from(&old.name);
+                    new.project.clone_from(&old.project);
+                } else {
+                    new.name.clear();
+                    new.project.clear();
+                }
                 if svc.spec.as_ref() == Some(&new) {
                     return Ok((Vec::new(), svc.id.clone()));
                 }

@@ -243,11 +243,25 @@ pub fn plan(
 
 /// The service with a new spec: previous spec kept, spec version bumped.
 pub fn updated_service(existing: &pb::Service, spec: pb::ServiceSpec) -> pb::Service {
-    let mut s = existing.clone();
-    s.previous_spec = existing.spec.clone();
-    s.spec = Some(spec);
-    s.spec_version = existing.spec_version + 1;
-    s
+    // Field by field: cloning the whole object would copy both specs only to drop them.
+    let pb::Service {
+        id,
+        meta,
+        spec: current,
+        spec_version,
+        previous_spec: _,
+        update_status,
+        virtual_ips,
+    } = existing;
+    pb::Service {
+        id: id.clone(),
+        meta: *meta,
+        spec: Some(spec),
+        spec_version: spec_version + 1,
+        previous_spec: current.clone(),
+        update_status: update_status.clone(),
+        virtual_ips: virtual_ips.clone(),
+    }
 }
 
 /// Everything of a project, for removal.

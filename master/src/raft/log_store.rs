@@ -31,6 +31,9 @@ const VOTE: &str = "vote";
 const LAST_PURGED: &str = "last_purged";
 const COMMITTED: &str = "committed";
 
+/// The committed index is written with a batch at most this often (it may lag).
+const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Entries kept in memory once durable (a lagging follower reads older ones from redb).
 const TAIL_KEEP: usize = 4096;
 
@@ -208,6 +211,7 @@ impl LogStore {
 /// acknowledges them all (the database handle is let go first, so a caller that reopens
 /// the file after its write returned finds it closed).
 fn writer(db: &std::sync::Weak<Database>, shared: &Mutex<Shared>, rx: &std_mpsc::Receiver<Op>) {
+    let mut committed_written = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -222,7 +226,7 @@ fn writer(db: &std::sync::Weak<Database>, shared: &Mutex<Shared>, rx: &std_mpsc:
             .max();
         let result = match db.upgrade() {
             None => Err("the log database was closed".to_string()),
-            Some(db) => write_batch(&db, shared, &batch),
+            Some(db) => write_batch(&db, shared, &batch, &mut committed_written),
         };
         if result.is_ok()
             && let Some(n) = last_append
@@ -243,7 +247,12 @@ fn writer(db: &std::sync::Weak<Database>, shared: &Mutex<Shared>, rx: &std_mpsc:
     }
 }
 
-fn write_batch(db: &Database, shared: &Mutex<Shared>, batch: &[Op]) -> Result<(), String> {
+fn write_batch(
+    db: &Database,
+    shared: &Mutex<Shared>,
+    batch: &[Op],
+    committed_written: &mut std::time::Instant,
+) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut logs = txn.open_table(LOGS).map_err(|e| e.to_string())?;
@@ -268,8 +277,15 @@ fn write_batch(db: &Database, shared: &Mutex<Shared>, batch: &[Op]) -> Result<()
                 }
             }
         }
-        let pending = lock(shared).committed.take();
+        let pending = if committed_written.elapsed() >= COMMITTED_EVERY
+            || batch.iter().any(|op| !matches!(op, Op::Append(..)))
+        {
+            lock(shared).committed.take()
+        } else {
+            None
+        };
         if let Some(c) = pending {
+            *committed_written = std::time::Instant::now();
             let bytes = postcard::to_stdvec(&c).map_err(|e| e.to_string())?;
             meta.insert(COMMITTED, bytes.as_slice())
                 .map_err(|e| e.to_string())?;

@@ -551,10 +551,11 @@ impl RaftNode {
     }
 }
 
-/// Follows raft metrics and publishes who leads.
+/// Follows raft's server metrics (they change with the vote, state or membership, not
+/// with every commit as the full metrics do) and publishes who leads.
 fn leader_watch(raft: &Raft, me: u64) -> watch::Receiver<LeaderInfo> {
     let (tx, rx) = watch::channel(LeaderInfo::default());
-    let mut metrics = raft.metrics();
+    let mut metrics = raft.server_metrics();
     tokio::spawn(async move {
         loop {
             let info = {
@@ -569,7 +570,7 @@ fn leader_watch(raft: &Raft, me: u64) -> watch::Receiver<LeaderInfo> {
                 LeaderInfo {
                     id,
                     addr,
-                    term: m.current_term,
+                    term: m.vote.leader_id.term,
                     is_self: id == Some(me) && m.state == openraft::ServerState::Leader,
                 }
             };
