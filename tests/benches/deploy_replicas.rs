@@ -6,7 +6,7 @@
 //! pulled from the same registry, `docker service create --replicas 100`, until
 //! `docker service ls` shows 100/100; dockerd + containerd memory beside skiff's.
 //!
-//! The skiff binaries are built in release mode by this bench when they are missing.
+//! The bench first brings the skiff binaries up to date in `<target>/bench-bins`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -121,23 +121,40 @@ fn main() {
     }
 }
 
-/// The skiff binaries in `target/release`, built first if missing.
+/// The skiff binaries, brought up to date first in a target directory of their own
+/// (`<target>/bench-bins`; cargo does nothing when they are fresh). Not `target/release`:
+/// a workspace build there resolves features differently from `cargo bench`'s own build
+/// of this package, so each rebuilt the other's dependencies on every run; and reusing
+/// whatever binaries were lying there measured stale code.
 fn release_binaries() -> Binaries {
-    if let Ok(bins) = Binaries::locate()
-        && bins.master.is_file()
-    {
-        return bins;
-    }
+    let target = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join("bench-bins")))
+        .expect("the bench's target directory");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--workspace", "--bins"])
+        .args([
+            "build",
+            "--release",
+            "--workspace",
+            "--bins",
+            "--target-dir",
+        ])
+        .arg(&target)
         .status()
         .expect("run cargo build");
     assert!(
         status.success(),
-        "cargo build --release --workspace --bins failed"
+        "cargo build --release --workspace --bins --target-dir {} failed",
+        target.display()
     );
-    Binaries::locate().expect("binaries after build")
+    let dir = target.join("release");
+    Binaries {
+        master: dir.join("skiff-master"),
+        agent: dir.join("skiff-agent"),
+        ctl: dir.join("skiffctl"),
+        registry: PathBuf::from("/usr/bin/docker-registry"),
+    }
 }
 
 /// VmRSS of `pid` in KiB (0 if gone).

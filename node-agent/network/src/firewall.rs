@@ -255,7 +255,28 @@ pub fn render_task(eps: &[Endpoint], endpoints: Option<&pb::EndpointTable>) -> S
         );
     }
     b.push_str("  }\n");
-    replace_script(TASK_TABLE, &b)
+    b
+}
+
+/// Loads a task's table (`body` from [`render_task`]) into its namespace.
+///
+/// The table is made if missing, emptied of rules and filled, in one transaction that
+/// deletes no chain and no table: deleting a base chain makes the closing `nft` wait for
+/// an RCU grace period (10-30 ms measured here, per task), and in a new namespace there
+/// is nothing to empty, so the first load, the one a starting task waits for, takes
+/// about a millisecond in the kernel. Should the chains themselves differ (a table left
+/// by another skiff version), the table is replaced whole instead.
+pub async fn load_task_table(ns: &Path, body: &str) -> Result<(), FirewallError> {
+    let refill = format!(
+        "table {TASK_TABLE} {{}}\nflush table {TASK_TABLE}\ntable {TASK_TABLE} {{\n{body}}}\n"
+    );
+    match apply(Some(ns), refill).await {
+        Ok(()) => Ok(()),
+        Err(FirewallError::Failed { .. }) => {
+            apply(Some(ns), replace_script(TASK_TABLE, body)).await
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Removes a table if it exists.

@@ -252,7 +252,7 @@ impl NodeNetwork {
             rules
         };
         let path = attach::netns_path(&self.cfg.run_dir, task_id)?;
-        firewall::apply(Some(&path), rules.clone()).await?;
+        firewall::load_task_table(&path, &rules).await?;
         let mut st = self.state.lock().await;
         if st.tasks.contains_key(task_id) {
             st.task_rules.insert(task_id.to_owned(), rules);

@@ -173,3 +173,84 @@ async fn mesh_vip_isolation_and_egress_on_a_docker_like_node() {
         assert_eq!(owned_links(&n.ns).await, Vec::<String>::new());
     }
 }
+
+/// Removes the namespace even when the test fails.
+struct RemoveNs(std::path::PathBuf);
+
+impl Drop for RemoveNs {
+    fn drop(&mut self) {
+        let _ = skiff_network::netns::remove(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_table_loads_fresh_reloads_in_place_and_replaces_a_foreign_one() {
+    use skiff_network::{firewall, netns};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("skiff-fwtest");
+    let ns = tokio::task::spawn_blocking({
+        let p = path.clone();
+        move || netns::create(&p)
+    })
+    .await
+    .expect("join")
+    .expect("netns");
+    let _gone = RemoveNs(ns.as_path().to_owned());
+    let list = || async {
+        firewall::run_in(
+            Some(&path),
+            "nft",
+            vec!["list".into(), "table".into(), "ip".into(), "skiff".into()],
+            None,
+        )
+        .await
+        .expect("list")
+    };
+    let vip = |vip: &str, backend: &str| {
+        let t = pb::EndpointTable {
+            services: vec![pb::ServiceEndpoint {
+                network_id: "n1".into(),
+                vip: vip.into(),
+                backends: vec![backend.into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ep = skiff_network::attach::Endpoint {
+            network_id: "n1".into(),
+            addr: "10.213.1.2/24".parse().expect("addr"),
+            gateway: "10.213.1.1".parse().expect("gateway"),
+            bridge: String::new(),
+        };
+        firewall::render_task(&[ep], Some(&t))
+    };
+    firewall::load_task_table(&path, &vip("10.213.1.100", "10.213.1.5"))
+        .await
+        .expect("first load");
+    let first = list().await;
+    assert!(
+        first.contains("10.213.1.100") && first.contains("10.213.1.5"),
+        "{first}"
+    );
+    firewall::load_task_table(&path, &vip("10.213.1.101", "10.213.1.6"))
+        .await
+        .expect("reload");
+    let second = list().await;
+    assert!(second.contains("10.213.1.101"), "{second}");
+    assert!(!second.contains("10.213.1.100"), "old rule left: {second}");
+    // A table whose chain has another type can't be refilled: it is replaced.
+    firewall::apply(
+        Some(&path),
+        "table ip skiff {}\ndelete table ip skiff\ntable ip skiff {\n  chain output {\n    type filter hook output priority 0; policy accept;\n  }\n}\n".into(),
+    )
+    .await
+    .expect("foreign table");
+    firewall::load_task_table(&path, &vip("10.213.1.102", "10.213.1.7"))
+        .await
+        .expect("replace");
+    let third = list().await;
+    assert!(
+        third.contains("type nat hook output") && third.contains("10.213.1.102"),
+        "{third}"
+    );
+}
