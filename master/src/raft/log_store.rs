@@ -213,6 +213,16 @@ impl LogStore {
 fn writer(db: &std::sync::Weak<Database>, shared: &Mutex<Shared>, rx: &std_mpsc::Receiver<Op>) {
     let mut committed_written = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
+        // The committed index is taken before the queue is drained: openraft saves an
+        // index only after the appends of the entries it covers have returned, so
+        // their ops are in the queue by now and land in this batch or an earlier one.
+        // Taken after draining, it could name entries still queued: written, then a
+        // crash, and a restart would apply entries its log does not have.
+        let committed = if committed_written.elapsed() >= COMMITTED_EVERY {
+            lock(shared).committed.take()
+        } else {
+            None
+        };
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
@@ -226,7 +236,7 @@ fn writer(db: &std::sync::Weak<Database>, shared: &Mutex<Shared>, rx: &std_mpsc:
             .max();
         let result = match db.upgrade() {
             None => Err("the log database was closed".to_string()),
-            Some(db) => write_batch(&db, shared, &batch, &mut committed_written),
+            Some(db) => write_batch(&db, &batch, committed, &mut committed_written),
         };
         if result.is_ok()
             && let Some(n) = last_append
@@ -249,8 +259,8 @@ fn writer(db: &std::sync::Weak<Database>, shared: &Mutex<Shared>, rx: &std_mpsc:
 
 fn write_batch(
     db: &Database,
-    shared: &Mutex<Shared>,
     batch: &[Op],
+    committed: Option<Committed>,
     committed_written: &mut std::time::Instant,
 ) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
@@ -277,14 +287,7 @@ fn write_batch(
                 }
             }
         }
-        let pending = if committed_written.elapsed() >= COMMITTED_EVERY
-            || batch.iter().any(|op| !matches!(op, Op::Append(..)))
-        {
-            lock(shared).committed.take()
-        } else {
-            None
-        };
-        if let Some(c) = pending {
+        if let Some(c) = committed {
             *committed_written = std::time::Instant::now();
             let bytes = postcard::to_stdvec(&c).map_err(|e| e.to_string())?;
             meta.insert(COMMITTED, bytes.as_slice())
