@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use skiff_lab::{Binaries, Cluster, Lab};
+use skiff_lab::{Binaries, Cluster, Lab, REGISTRY_BIN};
 
 const REPLICAS: usize = 100;
 
@@ -153,7 +153,7 @@ fn release_binaries() -> Binaries {
         master: dir.join("skiff-master"),
         agent: dir.join("skiff-agent"),
         ctl: dir.join("skiffctl"),
-        registry: PathBuf::from("/usr/bin/docker-registry"),
+        registry: PathBuf::from(REGISTRY_BIN),
     }
 }
 

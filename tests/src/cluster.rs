@@ -26,6 +26,9 @@ pub const MASTER_PORT: u16 = 7700;
 /// The lab registry's port on the host side of the bridge.
 pub const REGISTRY_PORT: u16 = 5000;
 
+/// Debian's `docker-registry`, which the lab serves images from.
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
 /// Where the skiff binaries are.
 #[derive(Clone, Debug)]
 pub struct Binaries {
@@ -64,7 +67,7 @@ impl Binaries {
             master: find("skiff-master")?,
             agent: find("skiff-agent")?,
             ctl: find("skiffctl")?,
-            registry: PathBuf::from("/usr/bin/docker-registry"),
+            registry: PathBuf::from(REGISTRY_BIN),
         })
     }
 }

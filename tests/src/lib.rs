@@ -10,5 +10,5 @@ pub mod lab;
 pub mod process;
 pub mod topology;
 
-pub use cluster::{Binaries, Cluster, ClusterError, CtlOutput};
+pub use cluster::{Binaries, Cluster, ClusterError, CtlOutput, REGISTRY_BIN};
 pub use lab::{Lab, LabError, LabState, Machine, Role};

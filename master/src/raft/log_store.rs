@@ -219,6 +219,7 @@ fn writer(db: &std::sync::Weak<Database>, shared: &Mutex<Shared>, rx: &std_mpsc:
         // Taken after draining, it could name entries still queued: written, then a
         // crash, and a restart would apply entries its log does not have.
         let committed = if committed_written.elapsed() >= COMMITTED_EVERY {
+            committed_written = std::time::Instant::now();
             lock(shared).committed.take()
         } else {
             None
@@ -236,7 +237,7 @@ fn writer(db: &std::sync::Weak<Database>, shared: &Mutex<Shared>, rx: &std_mpsc:
             .max();
         let result = match db.upgrade() {
             None => Err("the log database was closed".to_string()),
-            Some(db) => write_batch(&db, &batch, committed, &mut committed_written),
+            Some(db) => write_batch(&db, &batch, committed),
         };
         if result.is_ok()
             && let Some(n) = last_append
@@ -257,12 +258,7 @@ fn writer(db: &std::sync::Weak<Database>, shared: &Mutex<Shared>, rx: &std_mpsc:
     }
 }
 
-fn write_batch(
-    db: &Database,
-    batch: &[Op],
-    committed: Option<Committed>,
-    committed_written: &mut std::time::Instant,
-) -> Result<(), String> {
+fn write_batch(db: &Database, batch: &[Op], committed: Option<Committed>) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut logs = txn.open_table(LOGS).map_err(|e| e.to_string())?;
@@ -288,7 +284,6 @@ fn write_batch(
             }
         }
         if let Some(c) = committed {
-            *committed_written = std::time::Instant::now();
             let bytes = postcard::to_stdvec(&c).map_err(|e| e.to_string())?;
             meta.insert(COMMITTED, bytes.as_slice())
                 .map_err(|e| e.to_string())?;
