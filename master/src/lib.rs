@@ -4,7 +4,7 @@
 //! ```text
 //!  skiffctl ──mTLS──► api::cluster (ClusterApi) ─┐ follower: forward the call to the leader
 //!  agents  ──mTLS──► dispatcher (leader's)        ├─► MasterHandle ─► raft::RaftNode ─► openraft
-//!  masters ──mTLS──► raft::service (RaftTransport)┘        │ read / watch        │ redb log, snapshots
+//!  masters ──mTLS──► raft::service (RaftTransport)┘        │ read / watch        │ raft-log, snapshots
 //!                                                          ▼                     ▼
 //!                                                    store::Store ◄── state machine applies
 //!                                                          ▲ CAS writes

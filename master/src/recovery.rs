@@ -21,6 +21,7 @@ use skiff_proto::v1 as pb;
 use skiff_proto::v1::raft_transport_client::RaftTransportClient;
 use tonic::transport::ClientTlsConfig;
 
+use crate::raft::log_migrate::{LOG_DIR, open_migrating};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::state_machine::StateMachine;
@@ -109,11 +110,12 @@ async fn read_on_disk(raft_dir: &Path) -> Result<OnDisk, RecoveryError> {
         dir: raft_dir.to_owned(),
         err,
     };
-    let log_path = raft_dir.join("raft.redb");
-    let mut log = LogStore::open(&log_path).map_err(|err| RecoveryError::OpenLog {
-        path: log_path,
-        err,
-    })?;
+    let mut log = open_migrating(raft_dir)
+        .await
+        .map_err(|err| RecoveryError::OpenLog {
+            path: raft_dir.join(LOG_DIR),
+            err,
+        })?;
     let snap_dir = raft_dir.join("snapshots");
     let snapshot = StateMachine::read_snapshot(&snap_dir).map_err(read)?;
     let (mut state, mut membership, mut last) = match snapshot {
@@ -211,7 +213,7 @@ async fn seed(
     };
     StateMachine::write_snapshot(&raft_dir.join("snapshots"), &meta, &state.encode())
         .map_err(write)?;
-    let log = LogStore::open(&raft_dir.join("raft.redb")).map_err(write)?;
+    let log = LogStore::open(&raft_dir.join(LOG_DIR)).map_err(write)?;
     log.seed(
         last,
         openraft::impls::Vote::new(last.leader_id.term + 1, me),

@@ -5,7 +5,7 @@
 //! Data directory layout:
 //! ```text
 //! <data>/master.toml       raft id, cluster id, advertised address
-//! <data>/raft/raft.redb    raft log, vote, committed index
+//! <data>/raft/log/         raft log, vote, committed index (raft-log)
 //! <data>/raft/snapshots/   the last state machine snapshot
 //! ```
 

@@ -1,11 +1,11 @@
-//! Raft: openraft wired to skiff's store, a redb log and a gRPC transport. Nothing
+//! Raft: openraft wired to skiff's store, a raft-log log and a gRPC transport. Nothing
 //! outside this module names an openraft type; callers use `RaftNode`.
 //!
 //! ```text
 //!  propose(Command) ──► RaftNode ──(follower: RaftTransport.Propose to the leader)──┐
 //!                         │ leader: client_write(Proposal)                          │
 //!                         ▼                                                         │
-//!        LogStore (redb, group-commit fsync) ◄── replication ──► peers (network.rs) │
+//!        LogStore (raft-log, group commit)   ◄── replication ──► peers (network.rs) │
 //!                         ▼ committed                                               │
 //!        StateMachine ──► Store::apply ──► Outcome {revision, result} ◄─────────────┘
 //! ```
@@ -16,6 +16,7 @@
 //! - A proposal forwarded by a follower whose answer is lost in a leader change has an
 //!   unknown outcome; clients that retry set a request id (the store dedupes).
 
+pub mod log_migrate;
 pub mod log_store;
 pub mod network;
 pub mod service;
@@ -64,6 +65,11 @@ impl Proposal {
 
     pub fn command(&self) -> &pb::Command {
         &self.command
+    }
+
+    /// Size of the encoded command.
+    pub fn encoded_len(&self) -> usize {
+        self.encoded.len()
     }
 
     /// The command, cloned only if another holder still shares it.
@@ -304,7 +310,7 @@ fn now_ms() -> i64 {
 }
 
 impl RaftNode {
-    /// Opens storage in `dir` (`raft.redb`, `snapshots/`) and starts raft.
+    /// Opens storage in `dir` (`log/`, `snapshots/`) and starts raft.
     pub async fn start(
         id: u64,
         dir: &Path,
@@ -318,7 +324,7 @@ impl RaftNode {
             err,
         };
         std::fs::create_dir_all(dir).map_err(storage)?;
-        let log = log_store::LogStore::open(&dir.join("raft.redb")).map_err(storage)?;
+        let log = log_migrate::open_migrating(dir).await.map_err(storage)?;
         let store = Store::new(history);
         let sm = state_machine::StateMachine::new(Arc::clone(&store), &dir.join("snapshots"))
             .map_err(storage)?;

@@ -1,4 +1,4 @@
-//! Raft storage against openraft's own storage test suite, on disk (redb + snapshot
+//! Raft storage against openraft's own storage test suite, on disk (raft-log + snapshot
 //! files in a temp dir), plus a restart that must find log, vote and snapshot again.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ struct OnDisk;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for OnDisk {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = TempDir::new().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-        let log = LogStore::open(&dir.path().join("raft.redb"))
+        let log = LogStore::open(&dir.path().join("log"))
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
         let sm = StateMachine::new(Store::new(100), &dir.path().join("snapshots"))
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
@@ -28,7 +28,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for OnDisk {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openraft_storage_suite_passes_on_the_redb_log() {
+async fn openraft_storage_suite_passes_on_the_raft_log() {
     Suite::test_all(OnDisk)
         .await
         .expect("openraft storage suite");
@@ -39,7 +39,7 @@ async fn vote_and_snapshot_survive_a_reopen() {
     let dir = TempDir::new().expect("tempdir");
     let vote = openraft::impls::Vote::new(3u64, 7u64);
     {
-        let mut log = LogStore::open(&dir.path().join("raft.redb")).expect("open");
+        let mut log = LogStore::open(&dir.path().join("log")).expect("open");
         log.save_vote(&vote).await.expect("save vote");
     }
     let store = Store::new(100);
@@ -66,7 +66,7 @@ async fn vote_and_snapshot_survive_a_reopen() {
         let mut b = sm.get_snapshot_builder().await;
         b.build_snapshot().await.expect("build");
     }
-    let mut log = LogStore::open(&dir.path().join("raft.redb")).expect("reopen");
+    let mut log = LogStore::open(&dir.path().join("log")).expect("reopen");
     assert_eq!(log.read_vote().await.expect("read vote"), Some(vote));
     let mut sm = StateMachine::new(Store::new(100), &dir.path().join("snapshots")).expect("sm");
     let snap = sm
@@ -112,9 +112,9 @@ fn request_ids(entries: &[openraft::alias::EntryOf<TypeConfig>]) -> Vec<String> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_span_the_memory_tail_and_redb_and_survive_truncation_and_reopen() {
+async fn reads_span_the_cache_and_the_chunk_files_and_survive_truncation_and_reopen() {
     let dir = TempDir::new().expect("tempdir");
-    let path = dir.path().join("raft.redb");
+    let path = dir.path().join("log");
     let want = |from: u64, to: u64| (from..to).map(|i| format!("r{i}")).collect::<Vec<_>>();
     {
         let mut log = LogStore::open(&path).expect("open");
