@@ -211,6 +211,10 @@ pub struct Stats {
     pub pids_current: u64,
     /// None when unlimited.
     pub pids_limit: Option<u64>,
+    /// Forks refused because the pids limit was reached (`pids.events` `max`; 0 where
+    /// the kernel does not count them).
+    #[serde(default)]
+    pub pids_limit_hits: u64,
     pub oom_kills: u64,
 }
 

@@ -167,6 +167,12 @@ fn v2_freeze_waits_for_events_and_reads_oom_and_stats() {
     std::fs::write(dir.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").expect("w");
     std::fs::write(dir.join("pids.current"), "3\n").expect("w");
     std::fs::write(dir.join("pids.max"), "64\n").expect("w");
+    assert_eq!(
+        cg.stats().expect("stats").pids_limit_hits,
+        0,
+        "no pids.events"
+    );
+    std::fs::write(dir.join("pids.events"), "max 5\n").expect("w");
     let s = cg.stats().expect("stats");
     assert_eq!(
         (
@@ -175,9 +181,10 @@ fn v2_freeze_waits_for_events_and_reads_oom_and_stats() {
             s.cpu_usage_ns,
             s.pids_current,
             s.pids_limit,
+            s.pids_limit_hits,
             s.oom_kills
         ),
-        (4096, None, 1_500_000, 3, Some(64), 2)
+        (4096, None, 1_500_000, 3, Some(64), 5, 2)
     );
 }
 

@@ -255,6 +255,10 @@ impl super::Cgroup for V1Cgroup {
             stats.pids_current = read_u64(&dir.join("pids.current"))?;
             let max = read(&dir.join("pids.max"))?;
             stats.pids_limit = max.trim().parse().ok();
+            let events = dir.join("pids.events");
+            if events.exists() {
+                stats.pids_limit_hits = keyed(&events, "max")?.unwrap_or(0);
+            }
         }
         Ok(stats)
     }

@@ -192,6 +192,10 @@ impl super::Cgroup for V2Cgroup {
         stats.cpu_usage_ns = keyed(&self.file("cpu.stat"), "usage_usec")?.unwrap_or(0) * 1000;
         stats.pids_current = read_u64(&self.file("pids.current"))?;
         stats.pids_limit = read(&self.file("pids.max"))?.trim().parse().ok();
+        let events = self.file("pids.events");
+        if events.exists() {
+            stats.pids_limit_hits = keyed(&events, "max")?.unwrap_or(0);
+        }
         stats.oom_kills = self.oom_kills()?;
         Ok(stats)
     }
