@@ -1,7 +1,10 @@
 //! `skiffctl deploy`: say what will change (a dry run against the cluster's current
 //! state), apply it, then follow the project until every service runs as many healthy
 //! replicas as asked, or something fails. Progress lines are printed when they change,
-//! so the output reads the same on a terminal and in a CI log.
+//! so the output reads the same on a terminal and in a CI log. The follow is driven by
+//! the cluster's watch stream (tasks and services changed after the deploy's revision):
+//! a change is looked at within `SETTLE` of happening instead of at the next fixed poll;
+//! without a stream (or after it breaks) it polls every `POLL`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,6 +17,57 @@ use crate::commands::CtlError;
 use crate::commands::services::kind;
 
 type Client = ClusterApiClient<Channel>;
+
+/// The check's period when no change wakes it (also the fallback poll).
+const POLL: Duration = Duration::from_millis(500);
+/// After a change, further changes arriving within this are taken in the same check.
+const SETTLE: Duration = Duration::from_millis(10);
+/// The longest a burst of changes delays the next check.
+const SETTLE_MAX: Duration = Duration::from_millis(100);
+
+type Events = tonic::Streaming<pb::WatchEvent>;
+
+/// Watches tasks and services changed after `revision`; `None` if the cluster will not.
+async fn watch_changes(client: &Client, revision: u64) -> Option<Events> {
+    let kinds = vec![pb::ObjectKind::Task as i32, pb::ObjectKind::Service as i32];
+    let request = pb::WatchRequest {
+        after_revision: revision,
+        kinds,
+    };
+    match client.clone().watch(request).await {
+        Ok(stream) => Some(stream.into_inner()),
+        // An older master, or history already gone: the follow polls instead.
+        Err(_) => None,
+    }
+}
+
+/// Waits until something changed (and the burst it belongs to settled) or `POLL`
+/// passed. A broken stream is dropped: the follow goes on by polling.
+async fn next_change(events: &mut Option<Events>) {
+    let Some(stream) = events.as_mut() else {
+        tokio::time::sleep(POLL).await;
+        return;
+    };
+    match tokio::time::timeout(POLL, stream.message()).await {
+        Err(_) => return,
+        Ok(Ok(Some(_))) => {}
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            *events = None;
+            return;
+        }
+    }
+    let settle_until = Instant::now() + SETTLE_MAX;
+    while Instant::now() < settle_until {
+        match tokio::time::timeout(SETTLE, stream.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Err(_) => return,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                *events = None;
+                return;
+            }
+        }
+    }
+}
 
 /// How `deploy` behaves after the changes are committed.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +112,7 @@ pub async fn deploy(
         return Ok(());
     }
     let since_ms = crate::output::now_ms() - 1000;
+    let mut events = watch_changes(client, applied.revision).await;
     let mut last_lines: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let progress = snapshot(client, &project, since_ms).await?;
@@ -85,7 +140,7 @@ pub async fn deploy(
                 follow.timeout.as_secs()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        next_change(&mut events).await;
     }
 }
 

@@ -424,9 +424,15 @@ async fn status_writer<S: DispatchStore>(
             }
         };
         add(first);
+        // More batches (other agents) are taken until none came for 5 ms, or 20 ms
+        // after the first: one agent's lone batch waits 5 ms, not 20.
         let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
-        while let Ok(Some(more)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            add(more);
+        loop {
+            let quiet = tokio::time::Instant::now() + Duration::from_millis(5);
+            match tokio::time::timeout_at(deadline.min(quiet), rx.recv()).await {
+                Ok(Some(more)) => add(more),
+                _ => break,
+            }
         }
         for attempt in 0..5 {
             let snap = store.snapshot();
