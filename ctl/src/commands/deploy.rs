@@ -48,20 +48,19 @@ async fn next_change(events: &mut Option<Events>) {
         tokio::time::sleep(POLL).await;
         return;
     };
-    match tokio::time::timeout(POLL, stream.message()).await {
-        Err(_) => return,
-        Ok(Ok(Some(_))) => {}
-        Ok(Ok(None)) | Ok(Err(_)) => {
-            *events = None;
-            return;
-        }
-    }
-    let settle_until = Instant::now() + SETTLE_MAX;
-    while Instant::now() < settle_until {
-        match tokio::time::timeout(SETTLE, stream.message()).await {
-            Ok(Ok(Some(_))) => continue,
+    let (mut wait, mut settle_until) = (POLL, None);
+    loop {
+        match tokio::time::timeout(wait, stream.message()).await {
+            // Quiet for `wait`: look now.
             Err(_) => return,
-            Ok(Ok(None)) | Ok(Err(_)) => {
+            Ok(Ok(Some(_))) => {
+                let until = *settle_until.get_or_insert_with(|| Instant::now() + SETTLE_MAX);
+                if Instant::now() >= until {
+                    return;
+                }
+                wait = SETTLE;
+            }
+            Ok(Ok(None) | Err(_)) => {
                 *events = None;
                 return;
             }

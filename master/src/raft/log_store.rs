@@ -16,17 +16,16 @@
 
 use std::fmt::Debug;
 use std::io;
-use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::alias::{EntryOf, EntryPayloadOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{EntryPayload, LogId};
 use raft_log::api::raft_log_writer::RaftLogWriter;
 use raft_log::{RaftLog, codeq};
 use tokio::sync::oneshot;
@@ -49,7 +48,7 @@ const MAX_VALUE: usize = 256 << 20;
 
 /// A value stored in the log as postcard bytes behind a 4-byte length.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Stored<T>(pub T);
+struct Stored<T>(T);
 
 impl<T: serde::Serialize> codeq::Encode for Stored<T> {
     fn encode<W: io::Write>(&self, mut w: W) -> Result<usize, io::Error> {
@@ -80,7 +79,7 @@ impl<T: serde::de::DeserializeOwned> codeq::Decode for Stored<T> {
 
 /// skiff's types for raft-log.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct LogTypes(PhantomData<TypeConfig>);
+struct LogTypes;
 
 impl raft_log::Types for LogTypes {
     type LogId = Stored<LogIdOf<TypeConfig>>;
@@ -102,7 +101,7 @@ impl raft_log::Types for LogTypes {
 }
 
 /// Who is told when a flush is durable.
-pub enum Flushed {
+enum Flushed {
     /// openraft's callback for an append.
     Raft(IOFlushed<TypeConfig>),
     /// A caller of this module waiting for its write.
@@ -322,7 +321,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        let from = last_log_id.map_or(0, |l: LogId<_>| l.index + 1);
+        let from = last_log_id.map_or(0, |l| l.index + 1);
         let holds_more = self
             .lock()
             .log_state()

@@ -196,15 +196,16 @@ async fn a_task_table_loads_fresh_reloads_in_place_and_replaces_a_foreign_one() 
     .expect("join")
     .expect("netns");
     let _gone = RemoveNs(ns.as_path().to_owned());
-    let list = || async {
-        firewall::run_in(
-            Some(&path),
-            "nft",
-            vec!["list".into(), "table".into(), "ip".into(), "skiff".into()],
-            None,
-        )
-        .await
-        .expect("list")
+    // Loads `body` as the task table, then lists what the kernel holds.
+    let load_and_list = |body: String, what: &'static str| {
+        let path = path.clone();
+        async move {
+            firewall::load_task_table(&path, &body).await.expect(what);
+            let list = vec!["list".into(), "table".into(), "ip".into(), "skiff".into()];
+            firewall::run_in(Some(&path), "nft", list, None)
+                .await
+                .expect("list")
+        }
     };
     let vip = |vip: &str, backend: &str| {
         let t = pb::EndpointTable {
@@ -224,18 +225,12 @@ async fn a_task_table_loads_fresh_reloads_in_place_and_replaces_a_foreign_one() 
         };
         firewall::render_task(&[ep], Some(&t))
     };
-    firewall::load_task_table(&path, &vip("10.213.1.100", "10.213.1.5"))
-        .await
-        .expect("first load");
-    let first = list().await;
+    let first = load_and_list(vip("10.213.1.100", "10.213.1.5"), "first load").await;
     assert!(
         first.contains("10.213.1.100") && first.contains("10.213.1.5"),
         "{first}"
     );
-    firewall::load_task_table(&path, &vip("10.213.1.101", "10.213.1.6"))
-        .await
-        .expect("reload");
-    let second = list().await;
+    let second = load_and_list(vip("10.213.1.101", "10.213.1.6"), "reload").await;
     assert!(second.contains("10.213.1.101"), "{second}");
     assert!(!second.contains("10.213.1.100"), "old rule left: {second}");
     // A table whose chain has another type can't be refilled: it is replaced.
@@ -245,10 +240,7 @@ async fn a_task_table_loads_fresh_reloads_in_place_and_replaces_a_foreign_one() 
     )
     .await
     .expect("foreign table");
-    firewall::load_task_table(&path, &vip("10.213.1.102", "10.213.1.7"))
-        .await
-        .expect("replace");
-    let third = list().await;
+    let third = load_and_list(vip("10.213.1.102", "10.213.1.7"), "replace").await;
     assert!(
         third.contains("type nat hook output") && third.contains("10.213.1.102"),
         "{third}"

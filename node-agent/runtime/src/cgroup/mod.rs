@@ -285,6 +285,15 @@ pub(crate) fn keyed(path: &Path, key: &str) -> Result<Option<u64>> {
     Ok(None)
 }
 
+/// Forks refused at the pids limit, from a `pids.events` file (`max N`); 0 when the
+/// kernel keeps no such file.
+pub(crate) fn pids_limit_hits(events: &Path) -> Result<u64> {
+    if !events.exists() {
+        return Ok(0);
+    }
+    Ok(keyed(events, "max")?.unwrap_or(0))
+}
+
 pub(crate) fn read_pids(path: &Path) -> Result<Vec<i32>> {
     let s = read(path)?;
     Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect())

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
 use super::{
-    CgroupError, Result, Stats, keyed, kill_pids, read, read_pids, read_u64, remove_dir_retry,
-    write,
+    CgroupError, Result, Stats, keyed, kill_pids, pids_limit_hits, read, read_pids, read_u64,
+    remove_dir_retry, write,
 };
 
 /// A container's cgroup on a v1 host.
@@ -255,10 +255,7 @@ impl super::Cgroup for V1Cgroup {
             stats.pids_current = read_u64(&dir.join("pids.current"))?;
             let max = read(&dir.join("pids.max"))?;
             stats.pids_limit = max.trim().parse().ok();
-            let events = dir.join("pids.events");
-            if events.exists() {
-                stats.pids_limit_hits = keyed(&events, "max")?.unwrap_or(0);
-            }
+            stats.pids_limit_hits = pids_limit_hits(&dir.join("pids.events"))?;
         }
         Ok(stats)
     }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::LinuxResources;
 
 use super::{
-    CgroupError, Result, Stats, keyed, kill_pids, read, read_pids, read_u64, remove_dir_retry,
-    shares_to_weight, write,
+    CgroupError, Result, Stats, keyed, kill_pids, pids_limit_hits, read, read_pids, read_u64,
+    remove_dir_retry, shares_to_weight, write,
 };
 
 /// The controllers skiff enables for its containers.
@@ -192,10 +192,7 @@ impl super::Cgroup for V2Cgroup {
         stats.cpu_usage_ns = keyed(&self.file("cpu.stat"), "usage_usec")?.unwrap_or(0) * 1000;
         stats.pids_current = read_u64(&self.file("pids.current"))?;
         stats.pids_limit = read(&self.file("pids.max"))?.trim().parse().ok();
-        let events = self.file("pids.events");
-        if events.exists() {
-            stats.pids_limit_hits = keyed(&events, "max")?.unwrap_or(0);
-        }
+        stats.pids_limit_hits = pids_limit_hits(&self.file("pids.events"))?;
         stats.oom_kills = self.oom_kills()?;
         Ok(stats)
     }
