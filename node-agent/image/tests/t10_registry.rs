@@ -944,3 +944,54 @@ async fn pull_by_digest_pins_the_manifest() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn concurrent_pulls_of_one_reference_share_one_pull() {
+    let registry = Registry::start().await.expect("registry");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let remote = registry.reference("library/busybox:shared");
+    let a = store(&tmp.path().join("a"), registry.config()).await;
+    let local = Reference::parse("skiff.test/busybox:shared").expect("ref");
+    testing::busybox()
+        .build()
+        .write_oci_layout(&tmp.path().join("layout"), &local)
+        .expect("layout");
+    a.load(tmp.path().join("layout")).await.expect("load");
+    a.push(&local, &remote).await.expect("push");
+
+    // Ten replicas starting at once: one pull reports progress, all get the image.
+    let b = store(&tmp.path().join("b"), registry.config()).await;
+    let mut recorded = Vec::new();
+    let mut pulls = Vec::new();
+    for _ in 0..10 {
+        let (events, progress) = recorder();
+        recorded.push(events);
+        pulls.push(b.pull(&remote, progress));
+    }
+    let images = futures::future::join_all(pulls).await;
+    let first = images[0].as_ref().expect("pull");
+    for image in &images {
+        assert_eq!(image.as_ref().expect("pull"), first);
+    }
+    let reporting = recorded
+        .iter()
+        .filter(|events| !events.lock().expect("lock").is_empty())
+        .count();
+    assert_eq!(reporting, 1, "only the pull that ran reports progress");
+
+    // A failure reaches every waiting caller, naming the image.
+    let missing = registry.reference("no/such-image:shared");
+    let errors = futures::future::join_all((0..5).map(|_| b.pull(&missing, |_| {}))).await;
+    for err in errors {
+        let msg = err.expect_err("unknown image").to_string();
+        assert!(
+            msg.contains(&missing.to_string()) && msg.contains("not found"),
+            "{msg}"
+        );
+    }
+
+    // A pull after those ran starts afresh (the tag is resolved again).
+    let (events, progress) = recorder();
+    b.pull(&remote, progress).await.expect("pull again");
+    assert!(!events.lock().expect("lock").is_empty(), "a new pull ran");
+}

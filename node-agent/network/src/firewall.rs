@@ -27,6 +27,7 @@ use skiff_proto::v1 as pb;
 
 use crate::attach::Endpoint;
 use crate::netns::{self, NetnsError};
+use crate::nft::Nft;
 use crate::overlay::{OverlayPlan, parse_host};
 
 /// Conntrack mark of flows sent on to another node by the routing mesh.
@@ -258,23 +259,22 @@ pub fn render_task(eps: &[Endpoint], endpoints: Option<&pb::EndpointTable>) -> S
     b
 }
 
-/// Loads a task's table (`body` from [`render_task`]) into its namespace.
+/// Loads a task's table (`body` from [`render_task`]) through `nft`, the task
+/// namespace's loader.
 ///
 /// The table is made if missing, emptied of rules and filled, in one transaction that
-/// deletes no chain and no table: deleting a base chain makes the closing `nft` wait for
-/// an RCU grace period (10-30 ms measured here, per task), and in a new namespace there
-/// is nothing to empty, so the first load, the one a starting task waits for, takes
-/// about a millisecond in the kernel. Should the chains themselves differ (a table left
-/// by another skiff version), the table is replaced whole instead.
-pub async fn load_task_table(ns: &Path, body: &str) -> Result<(), FirewallError> {
+/// deletes no chain and no table: deleting a base chain makes the closing of an
+/// nftables socket wait for an RCU grace period (10-30 ms measured here, per task), and
+/// in a new namespace there is nothing to empty, so the first load, the one a starting
+/// task waits for, takes about a millisecond in the kernel. Should the chains themselves
+/// differ (a table left by another skiff version), the table is replaced whole instead.
+pub async fn load_task_table(nft: &mut Nft, body: &str) -> Result<(), FirewallError> {
     let refill = format!(
         "table {TASK_TABLE} {{}}\nflush table {TASK_TABLE}\ntable {TASK_TABLE} {{\n{body}}}\n"
     );
-    match apply(Some(ns), refill).await {
+    match nft.load(refill).await {
         Ok(()) => Ok(()),
-        Err(FirewallError::Failed { .. }) => {
-            apply(Some(ns), replace_script(TASK_TABLE, body)).await
-        }
+        Err(FirewallError::Failed { .. }) => nft.load(replace_script(TASK_TABLE, body)).await,
         Err(e) => Err(e),
     }
 }

@@ -26,6 +26,7 @@ pub mod firewall;
 pub mod link;
 pub mod names;
 pub mod netns;
+pub mod nft;
 pub mod node;
 pub mod overlay;
 

@@ -17,6 +17,7 @@ use crate::dns::{self, Dns, DnsError, DnsTable};
 use crate::firewall::{self, FirewallError};
 use crate::link::{LinkError, Links};
 use crate::netns::{self, NetnsError, NetnsPath};
+use crate::nft::Nft;
 use crate::overlay::{self, OverlayError, OverlayPlan, PlanError};
 
 /// How this node's networking is set up.
@@ -95,9 +96,11 @@ struct State {
     task_rules: BTreeMap<String, String>,
 }
 
-/// How many task tables are loaded at once (each is an `nft` process in the task's
-/// namespace).
+/// How many task tables are loaded at once.
 const RULE_WORKERS: usize = 4;
+
+/// A task's table loader, behind the task's lock.
+type TaskLoader = Arc<Mutex<Option<Nft>>>;
 
 /// Networking of one node.
 pub struct NodeNetwork {
@@ -107,10 +110,11 @@ pub struct NodeNetwork {
     dns: Dns,
     host_firewall: std::sync::Mutex<HostFirewall>,
     state: Mutex<State>,
-    /// One lock per attached task, held while its table is loaded or its namespace
-    /// removed: loads of one task never overlap or run against a vanishing namespace,
-    /// and none of them holds `state`, so a hundred tasks are set up side by side.
-    task_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// One lock per attached task over its table's loader (made at its first load),
+    /// held while the table is loaded or the namespace removed: loads of one task never
+    /// overlap or run against a vanishing namespace, and none of them holds `state`, so
+    /// a hundred tasks are set up side by side.
+    task_locks: std::sync::Mutex<HashMap<String, TaskLoader>>,
 }
 
 /// Writes a sysctl inside `ns`.
@@ -215,7 +219,7 @@ impl NodeNetwork {
         self.sync_task_rules(tasks).await
     }
 
-    fn task_lock(&self, task_id: &str) -> Arc<Mutex<()>> {
+    fn task_lock(&self, task_id: &str) -> TaskLoader {
         let mut locks = self
             .task_locks
             .lock()
@@ -239,7 +243,7 @@ impl NodeNetwork {
     /// never puts back an older table than one already loaded.
     async fn sync_task(&self, task_id: &str) -> Result<(), NetworkError> {
         let lock = self.task_lock(task_id);
-        let _held = lock.lock().await;
+        let mut loader = lock.lock().await;
         let rules = {
             let st = self.state.lock().await;
             let Some(eps) = st.tasks.get(task_id) else {
@@ -252,7 +256,8 @@ impl NodeNetwork {
             rules
         };
         let path = attach::netns_path(&self.cfg.run_dir, task_id)?;
-        firewall::load_task_table(&path, &rules).await?;
+        let nft = loader.get_or_insert_with(|| Nft::new(Some(&path)));
+        firewall::load_task_table(nft, &rules).await?;
         let mut st = self.state.lock().await;
         if st.tasks.contains_key(task_id) {
             st.task_rules.insert(task_id.to_owned(), rules);
@@ -388,7 +393,11 @@ impl NodeNetwork {
     /// Removes a task's veths and namespace (idempotent).
     pub async fn detach(&self, task_id: &str) -> Result<(), NetworkError> {
         let lock = self.task_lock(task_id);
-        let _held = lock.lock().await;
+        let mut loader = lock.lock().await;
+        // Its socket keeps the namespace alive: closed first.
+        if let Some(nft) = loader.take() {
+            nft.close().await;
+        }
         let mut st = self.state.lock().await;
         attach::detach(&self.host, &self.cfg.run_dir, task_id).await?;
         st.tasks.remove(task_id);

@@ -185,6 +185,28 @@ impl Drop for RemoveNs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_table_loads_fresh_reloads_in_place_and_replaces_a_foreign_one() {
+    use skiff_network::nft::Nft;
+    // Through libnftables in process (installed with nft), and through the binary.
+    assert!(
+        skiff_network::nft::using_library(),
+        "libnftables.so.1 comes with Debian's nftables"
+    );
+    for library in [true, false] {
+        task_table_cycle(library, |p| {
+            if library {
+                Nft::new(Some(p))
+            } else {
+                Nft::binary(Some(p))
+            }
+        })
+        .await;
+    }
+}
+
+async fn task_table_cycle(
+    library: bool,
+    loader: impl Fn(&std::path::Path) -> skiff_network::nft::Nft,
+) {
     use skiff_network::{firewall, netns};
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("skiff-fwtest");
@@ -196,16 +218,11 @@ async fn a_task_table_loads_fresh_reloads_in_place_and_replaces_a_foreign_one() 
     .expect("join")
     .expect("netns");
     let _gone = RemoveNs(ns.as_path().to_owned());
+    let mut nft = loader(&path);
     // Loads `body` as the task table, then lists what the kernel holds.
-    let load_and_list = |body: String, what: &'static str| {
-        let path = path.clone();
-        async move {
-            firewall::load_task_table(&path, &body).await.expect(what);
-            let list = vec!["list".into(), "table".into(), "ip".into(), "skiff".into()];
-            firewall::run_in(Some(&path), "nft", list, None)
-                .await
-                .expect("list")
-        }
+    let list = || {
+        let list = vec!["list".into(), "table".into(), "ip".into(), "skiff".into()];
+        firewall::run_in(Some(&path), "nft", list, None)
     };
     let vip = |vip: &str, backend: &str| {
         let t = pb::EndpointTable {
@@ -225,12 +242,21 @@ async fn a_task_table_loads_fresh_reloads_in_place_and_replaces_a_foreign_one() 
         };
         firewall::render_task(&[ep], Some(&t))
     };
-    let first = load_and_list(vip("10.213.1.100", "10.213.1.5"), "first load").await;
+    let body = vip("10.213.1.100", "10.213.1.5");
+    firewall::load_task_table(&mut nft, &body)
+        .await
+        .expect("first load");
+    assert_eq!(nft.has_session(), library, "{nft:?}");
+    let first = list().await.expect("list");
     assert!(
         first.contains("10.213.1.100") && first.contains("10.213.1.5"),
         "{first}"
     );
-    let second = load_and_list(vip("10.213.1.101", "10.213.1.6"), "reload").await;
+    let body = vip("10.213.1.101", "10.213.1.6");
+    firewall::load_task_table(&mut nft, &body)
+        .await
+        .expect("reload");
+    let second = list().await.expect("list");
     assert!(second.contains("10.213.1.101"), "{second}");
     assert!(!second.contains("10.213.1.100"), "old rule left: {second}");
     // A table whose chain has another type can't be refilled: it is replaced.
@@ -240,9 +266,22 @@ async fn a_task_table_loads_fresh_reloads_in_place_and_replaces_a_foreign_one() 
     )
     .await
     .expect("foreign table");
-    let third = load_and_list(vip("10.213.1.102", "10.213.1.7"), "replace").await;
+    let body = vip("10.213.1.102", "10.213.1.7");
+    firewall::load_task_table(&mut nft, &body)
+        .await
+        .expect("replace");
+    let third = list().await.expect("list");
     assert!(
         third.contains("type nat hook output") && third.contains("10.213.1.102"),
         "{third}"
     );
+    // A script nft refuses fails with nft's own message, and changes nothing.
+    let err = nft
+        .load("table ip skiff {\n  chain output {\n    bogus words\n  }\n}\n".into())
+        .await
+        .expect_err("a bad script");
+    let msg = err.to_string();
+    assert!(msg.contains("nft -f -") && msg.contains("Error:"), "{msg}");
+    assert_eq!(list().await.expect("list"), third);
+    nft.close().await;
 }

@@ -21,6 +21,11 @@
 //! `meta.json`. Until then a crash forgets the image (and `open` deletes its snapshots).
 //! `sync()` waits for that point.
 //!
+//! Concurrent pulls of one reference share one: the first caller pulls, later ones
+//! wait for it and then read the stored image (100 replicas starting on a node make one
+//! manifest request, not 100). Only the first caller's `progress` is called. If the
+//! first caller is cancelled, a waiting one takes over.
+//!
 //! ## Limitations
 //! - One process owns a root: the per-digest locks that make concurrent pulls of one
 //!   layer download it once are in memory.
@@ -33,11 +38,13 @@ mod meta;
 mod pull;
 mod push;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
 
 pub use content::ContentError;
 pub use pull::{LayerState, PullProgress};
@@ -100,6 +107,9 @@ pub enum ImageError {
     Load { path: PathBuf, reason: String },
     #[error("image store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A pull this caller waited on (the same reference, pulled by another caller) failed.
+    #[error("{message}")]
+    SharedPull { reference: String, message: String },
 }
 
 impl From<ContentError> for ImageError {
@@ -138,6 +148,28 @@ pub(crate) struct Inner {
     persisted: tokio::sync::Notify,
     /// Pulls, loads and pushes hold it shared; gc exclusively.
     op: tokio::sync::RwLock<()>,
+    /// Pulls under way, by reference: how a later caller waits for the first one's
+    /// outcome (None until it ends; the sender's drop means it was cancelled).
+    pulls: Mutex<HashMap<String, watch::Receiver<Option<PullOutcome>>>>,
+}
+
+/// How a shared pull ended: Ok, or its error's text.
+type PullOutcome = Result<(), String>;
+
+/// Removes a pull's entry from `Inner::pulls` when its caller finishes or is dropped.
+struct PullSlot<'a> {
+    inner: &'a Inner,
+    key: String,
+}
+
+impl Drop for PullSlot<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.pulls).remove(&self.key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The image store of one node. Cheap to clone.
@@ -177,11 +209,52 @@ impl ImageStore {
 
     /// Pulls `reference` (for this node's platform) and unpacks it; `progress` is called
     /// with per-layer byte counts.
+    /// with per-layer byte counts. A pull of the same reference already under way is
+    /// waited for instead of repeated (`progress` is then not called).
     pub async fn pull<F>(&self, reference: &Reference, progress: F) -> Result<Image, ImageError>
     where
         F: Fn(&PullProgress) + Send + Sync + 'static,
     {
-        pull::pull(&self.inner, reference, Arc::new(progress)).await
+        let progress: pull::Progress = Arc::new(progress);
+        let key = reference.to_string();
+        loop {
+            let (tx, mut waiting) = {
+                let mut pulls = lock(&self.inner.pulls);
+                match pulls.get(&key) {
+                    Some(rx) => (None, rx.clone()),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        pulls.insert(key.clone(), rx.clone());
+                        (Some(tx), rx)
+                    }
+                }
+            };
+            if let Some(tx) = tx {
+                let _slot = PullSlot {
+                    inner: &self.inner,
+                    key: key.clone(),
+                };
+                let result = pull::pull(&self.inner, reference, progress).await;
+                tx.send_replace(Some(
+                    result.as_ref().map(|_| ()).map_err(ToString::to_string),
+                ));
+                return result;
+            }
+            // Cloned out so the borrow of the channel ends before `get` awaits.
+            let outcome = waiting.wait_for(Option::is_some).await.map(|o| o.clone());
+            match outcome {
+                Ok(Some(Ok(()))) => return self.get(reference).await,
+                Ok(Some(Err(message))) => {
+                    return Err(ImageError::SharedPull {
+                        reference: key,
+                        message,
+                    });
+                }
+                // The first caller was dropped mid-pull: try again (one of the waiting
+                // callers takes over).
+                Ok(None) | Err(_) => {}
+            }
+        }
     }
 
     /// The stored image named `reference`.
@@ -281,13 +354,12 @@ impl Inner {
             in_flight: AtomicUsize::new(0),
             persisted: tokio::sync::Notify::new(),
             op: tokio::sync::RwLock::new(()),
+            pulls: Mutex::new(HashMap::new()),
         })
     }
 
     fn meta(&self) -> MutexGuard<'_, Meta> {
-        self.meta
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.meta)
     }
 
     fn snapshot_dir(&self, id: u64) -> PathBuf {
