@@ -268,7 +268,7 @@ pub fn render_task(eps: &[Endpoint], endpoints: Option<&pb::EndpointTable>) -> S
 /// in a new namespace there is nothing to empty, so the first load, the one a starting
 /// task waits for, takes about a millisecond in the kernel. Should the chains themselves
 /// differ (a table left by another skiff version), the table is replaced whole instead.
-pub async fn load_task_table(nft: &mut Nft, body: &str) -> Result<(), FirewallError> {
+pub async fn load_task_table(nft: &Nft, body: &str) -> Result<(), FirewallError> {
     let refill = format!(
         "table {TASK_TABLE} {{}}\nflush table {TASK_TABLE}\ntable {TASK_TABLE} {{\n{body}}}\n"
     );

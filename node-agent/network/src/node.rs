@@ -99,9 +99,6 @@ struct State {
 /// How many task tables are loaded at once.
 const RULE_WORKERS: usize = 4;
 
-/// A task's table loader, behind the task's lock.
-type TaskLoader = Arc<Mutex<Option<Nft>>>;
-
 /// Networking of one node.
 pub struct NodeNetwork {
     cfg: NodeConfig,
@@ -110,11 +107,10 @@ pub struct NodeNetwork {
     dns: Dns,
     host_firewall: std::sync::Mutex<HostFirewall>,
     state: Mutex<State>,
-    /// One lock per attached task over its table's loader (made at its first load),
-    /// held while the table is loaded or the namespace removed: loads of one task never
-    /// overlap or run against a vanishing namespace, and none of them holds `state`, so
-    /// a hundred tasks are set up side by side.
-    task_locks: std::sync::Mutex<HashMap<String, TaskLoader>>,
+    /// One lock per attached task, held while its table is loaded or its namespace
+    /// removed: loads of one task never overlap or run against a vanishing namespace,
+    /// and none of them holds `state`, so a hundred tasks are set up side by side.
+    task_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 /// Writes a sysctl inside `ns`.
@@ -219,7 +215,7 @@ impl NodeNetwork {
         self.sync_task_rules(tasks).await
     }
 
-    fn task_lock(&self, task_id: &str) -> TaskLoader {
+    fn task_lock(&self, task_id: &str) -> Arc<Mutex<()>> {
         let mut locks = self
             .task_locks
             .lock()
@@ -243,7 +239,7 @@ impl NodeNetwork {
     /// never puts back an older table than one already loaded.
     async fn sync_task(&self, task_id: &str) -> Result<(), NetworkError> {
         let lock = self.task_lock(task_id);
-        let mut loader = lock.lock().await;
+        let _held = lock.lock().await;
         let rules = {
             let st = self.state.lock().await;
             let Some(eps) = st.tasks.get(task_id) else {
@@ -256,8 +252,7 @@ impl NodeNetwork {
             rules
         };
         let path = attach::netns_path(&self.cfg.run_dir, task_id)?;
-        let nft = loader.get_or_insert_with(|| Nft::new(Some(&path)));
-        firewall::load_task_table(nft, &rules).await?;
+        firewall::load_task_table(&Nft::new(Some(&path)), &rules).await?;
         let mut st = self.state.lock().await;
         if st.tasks.contains_key(task_id) {
             st.task_rules.insert(task_id.to_owned(), rules);
@@ -393,11 +388,7 @@ impl NodeNetwork {
     /// Removes a task's veths and namespace (idempotent).
     pub async fn detach(&self, task_id: &str) -> Result<(), NetworkError> {
         let lock = self.task_lock(task_id);
-        let mut loader = lock.lock().await;
-        // Its socket keeps the namespace alive: closed first.
-        if let Some(nft) = loader.take() {
-            nft.close().await;
-        }
+        let _held = lock.lock().await;
         let mut st = self.state.lock().await;
         attach::detach(&self.host, &self.cfg.run_dir, task_id).await?;
         st.tasks.remove(task_id);
