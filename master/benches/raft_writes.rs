@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use skiff_daemon::test_ports::free_port as port;
 use skiff_proto::v1 as pb;
 use skiff_proto::v1::cluster_api_client::ClusterApiClient;
 use tonic::transport::{Channel, Endpoint};
@@ -35,14 +36,6 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 async fn channel(addr: &str) -> Channel {

@@ -12,33 +12,7 @@ use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_skiff-master");
 
-/// Lowest port `free_port` hands out.
-const FIRST_PORT: u32 = 10_000;
-
-/// A port nobody listens on right now, below the kernel's ephemeral range. A port from
-/// `bind(:0)` lies in that range, where any outgoing connection may take it as its
-/// source port before the master binds it (seen once: "master … not ready over mTLS").
-/// Ports are spread by process id and taken in turn within a process.
-pub fn free_port() -> u16 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    let span = ephemeral_low.saturating_sub(FIRST_PORT).max(1);
-    let start = std::process::id().wrapping_mul(7_919) % span;
-    for _ in 0..span.min(5_000) {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port = FIRST_PORT + (start + n * 13) % span;
-        let Ok(port) = u16::try_from(port) else {
-            continue;
-        };
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {FIRST_PORT} and {ephemeral_low}");
-}
+pub use skiff_daemon::test_ports::free_port;
 
 /// One master process.
 pub struct Proc {

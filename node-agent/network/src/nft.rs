@@ -24,14 +24,14 @@
 //! update).
 //!
 //! Threads: every libnftables context keeps its parser, cache and socket to itself, so
-//! loads of different sessions run side by side. `nft_ctx_new` is serialised (it sets up
-//! library globals on first use without a lock). The one global a load touches is the
-//! interface-name cache (`iface_cache_release` after every command), which only scripts
-//! naming interfaces fill: task tables name none, so they are the only scripts loaded
-//! through the library (the node table, which does, goes through the binary). A single
-//! lock around every load was tried and dropped: during a 100-replica deploy, with every
-//! core busy, a thread holding it was descheduled often enough that a starting task's
-//! first load waited 130–380 ms behind it.
+//! loads through different contexts run side by side. `nft_ctx_new` is serialised (it
+//! sets up library globals on first use without a lock). The one global a load touches
+//! is the interface-name cache (`iface_cache_release` after every command), which only
+//! scripts naming interfaces fill: task tables name none, so they are the only scripts
+//! loaded through the library (the node table, which does, goes through the binary). A
+//! single lock around every load was tried and dropped: during a 100-replica deploy,
+//! with every core busy, a thread holding it was descheduled often enough that a
+//! starting task's first load waited 130–380 ms behind it.
 
 #![allow(unsafe_code)]
 
@@ -111,13 +111,13 @@ impl Library {
 
 /// One libnftables context: its netlink socket belongs to the namespace of the thread
 /// that made it.
-struct Session {
+struct Context {
     lib: &'static Library,
     ctx: NonNull<c_void>,
 }
 
-impl Session {
-    /// Opens a session in the calling thread's network namespace.
+impl Context {
+    /// Makes a context in the calling thread's network namespace.
     fn open(lib: &'static Library) -> Result<Self, FirewallError> {
         let _first = NEW
             .lock()
@@ -130,7 +130,7 @@ impl Session {
             status: "nft_ctx_new failed".into(),
             stderr: String::new(),
         })?;
-        let session = Session { lib, ctx };
+        let context = Context { lib, ctx };
         // SAFETY: a valid context, see above.
         let buffered = unsafe {
             (lib.buffer_output)(ctx.as_ptr()) == 0 && (lib.buffer_error)(ctx.as_ptr()) == 0
@@ -142,7 +142,7 @@ impl Session {
                 stderr: String::new(),
             });
         }
-        Ok(session)
+        Ok(context)
     }
 
     /// Runs `script` as one transaction.
@@ -153,7 +153,7 @@ impl Session {
             stderr: "the script contains a NUL byte".into(),
         })?;
         let ctx = self.ctx.as_ptr();
-        // SAFETY: a valid context owned by this session and a NUL-terminated buffer
+        // SAFETY: a valid context owned by this value and a NUL-terminated buffer
         // that outlives the call. The buffer getters return NUL-terminated strings
         // owned by the context, valid until its next call; they are copied at once.
         unsafe {
@@ -175,7 +175,7 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl Drop for Context {
     fn drop(&mut self) {
         // SAFETY: the context is valid and used by nothing else; it is not used after.
         unsafe { (self.lib.ctx_free)(self.ctx.as_ptr()) }
@@ -235,7 +235,7 @@ impl Nft {
             return firewall::apply(self.ns.as_deref(), script).await;
         };
         netns::run_in_async(self.ns.as_deref(), move || {
-            let result = Session::open(lib).and_then(|mut session| session.run(&script));
+            let result = Context::open(lib).and_then(|mut context| context.run(&script));
             trim_heap();
             result
         })

@@ -80,11 +80,7 @@ pub fn shim_bin() -> &'static Path {
     BIN.get_or_init(|| build("skiff-shim"))
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+pub use skiff_daemon::test_ports::free_port;
 
 /// A name unique to this run: `<prefix>-<pid>-<nanos>`.
 pub fn unique(prefix: &str) -> String {

@@ -422,12 +422,7 @@ mod tests {
     use hickory_proto::op::Query;
     use hickory_proto::rr::Name;
 
-    fn free_port() -> u16 {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map(|a| a.port())
-            .expect("a free port")
-    }
+    use skiff_daemon::test_ports::free_port;
 
     /// A keeper serving in a thread of this process, for as long as the dir lives.
     fn keeper() -> (tempfile::TempDir, keeper::Keeper) {
