@@ -259,8 +259,8 @@ pub fn render_task(eps: &[Endpoint], endpoints: Option<&pb::EndpointTable>) -> S
     b
 }
 
-/// Loads a task's table (`body` from [`render_task`]) through `nft`, the task
-/// namespace's loader.
+/// Loads a task's table (`body` from [`render_task`]) with `nft`, a loader for the
+/// task's namespace.
 ///
 /// The table is made if missing, emptied of rules and filled, in one transaction that
 /// deletes no chain and no table: deleting a base chain makes the closing of an

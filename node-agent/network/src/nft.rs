@@ -83,11 +83,6 @@ fn library() -> Option<&'static Library> {
         .as_ref()
 }
 
-/// Whether loads go through libnftables (for diagnostics).
-pub fn using_library() -> bool {
-    library().is_some()
-}
-
 impl Library {
     fn load() -> Result<Self, libloading::Error> {
         // SAFETY: libnftables.so.1 is a plain C library whose initialisers have no

@@ -185,28 +185,18 @@ impl Drop for RemoveNs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_table_loads_fresh_reloads_in_place_and_replaces_a_foreign_one() {
-    use skiff_network::nft::Nft;
     // Through libnftables in process (installed with nft), and through the binary.
     assert!(
-        skiff_network::nft::using_library(),
+        skiff_network::nft::Nft::new(None).uses_library(),
         "libnftables.so.1 comes with Debian's nftables"
     );
     for library in [true, false] {
-        task_table_cycle(library, |p| {
-            if library {
-                Nft::new(Some(p))
-            } else {
-                Nft::binary(Some(p))
-            }
-        })
-        .await;
+        task_table_cycle(library).await;
     }
 }
 
-async fn task_table_cycle(
-    library: bool,
-    loader: impl Fn(&std::path::Path) -> skiff_network::nft::Nft,
-) {
+async fn task_table_cycle(library: bool) {
+    use skiff_network::nft::Nft;
     use skiff_network::{firewall, netns};
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("skiff-fwtest");
@@ -218,8 +208,12 @@ async fn task_table_cycle(
     .expect("join")
     .expect("netns");
     let _gone = RemoveNs(ns.as_path().to_owned());
-    let nft = loader(&path);
-    // Loads `body` as the task table, then lists what the kernel holds.
+    let nft = if library {
+        Nft::new(Some(&path))
+    } else {
+        Nft::binary(Some(&path))
+    };
+    // What the kernel holds.
     let list = || {
         let list = vec!["list".into(), "table".into(), "ip".into(), "skiff".into()];
         firewall::run_in(Some(&path), "nft", list, None)

@@ -205,10 +205,11 @@ async fn follows_the_leader_registers_and_receives_assignments() {
 
 #[tokio::test]
 async fn statuses_made_while_no_master_answers_are_sent_once_one_does() {
-    // Reserve a port, then free it: the first attempts fail to connect.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = probe.local_addr().expect("addr");
-    drop(probe);
+    // A free port nobody listens on yet: the first attempts fail to connect.
+    let addr = std::net::SocketAddr::from((
+        std::net::Ipv4Addr::LOCALHOST,
+        skiff_daemon::test_ports::free_port(),
+    ));
 
     let (ev_tx, mut ev_rx) = mpsc::channel(16);
     let (st_tx, st_rx) = mpsc::channel(16);

@@ -96,10 +96,7 @@ impl ContentStore {
     /// finds the blob (or snapshot) already there.
     pub(crate) async fn lock(&self, d: &Digest) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
-            let mut locks = self
-                .locks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut locks = super::lock(&self.locks);
             locks.retain(|_, w| w.strong_count() > 0);
             match locks.get(d).and_then(Weak::upgrade) {
                 Some(m) => m,

@@ -208,7 +208,6 @@ impl ImageStore {
     }
 
     /// Pulls `reference` (for this node's platform) and unpacks it; `progress` is called
-    /// with per-layer byte counts.
     /// with per-layer byte counts. A pull of the same reference already under way is
     /// waited for instead of repeated (`progress` is then not called).
     pub async fn pull<F>(&self, reference: &Reference, progress: F) -> Result<Image, ImageError>
@@ -218,28 +217,33 @@ impl ImageStore {
         let progress: pull::Progress = Arc::new(progress);
         let key = reference.to_string();
         loop {
-            let (tx, mut waiting) = {
+            // Either this caller pulls (it holds the sender) or it waits for the one that
+            // does.
+            let leading = {
                 let mut pulls = lock(&self.inner.pulls);
                 match pulls.get(&key) {
-                    Some(rx) => (None, rx.clone()),
+                    Some(rx) => Err(rx.clone()),
                     None => {
                         let (tx, rx) = watch::channel(None);
-                        pulls.insert(key.clone(), rx.clone());
-                        (Some(tx), rx)
+                        pulls.insert(key.clone(), rx);
+                        Ok(tx)
                     }
                 }
             };
-            if let Some(tx) = tx {
-                let _slot = PullSlot {
-                    inner: &self.inner,
-                    key: key.clone(),
-                };
-                let result = pull::pull(&self.inner, reference, progress).await;
-                tx.send_replace(Some(
-                    result.as_ref().map(|_| ()).map_err(ToString::to_string),
-                ));
-                return result;
-            }
+            let mut waiting = match leading {
+                Ok(tx) => {
+                    let _slot = PullSlot {
+                        inner: &self.inner,
+                        key: key.clone(),
+                    };
+                    let result = pull::pull(&self.inner, reference, progress).await;
+                    tx.send_replace(Some(
+                        result.as_ref().map(|_| ()).map_err(ToString::to_string),
+                    ));
+                    return result;
+                }
+                Err(rx) => rx,
+            };
             // Cloned out so the borrow of the channel ends before `get` awaits.
             let outcome = waiting.wait_for(Option::is_some).await.map(|o| o.clone());
             match outcome {
@@ -421,10 +425,7 @@ impl Inner {
     /// One flush per change instead of an fsync per file keeps pulls fast; until it
     /// lands, a crash forgets the image and `open` deletes its orphan snapshots.
     fn persist(&self) -> Result<(), ContentError> {
-        let _serial = self
-            .save_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _serial = lock(&self.save_lock);
         let snapshot = self.meta().clone();
         let dir = fs::File::open(&self.root).map_err(content::io_err("open", &self.root))?;
         rustix::fs::syncfs(&dir).map_err(|e| content::io_err("syncfs", &self.root)(e.into()))?;

@@ -71,20 +71,14 @@ impl Slots {
     }
 
     fn set(&self, i: usize, s: Slot) {
-        let mut st = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = super::lock(&self.state);
         st[i] = s;
         self.changed.notify_all();
     }
 
     /// Blocks until layers `0..i` are unpacked; `None` if one of them failed.
     fn lowers(&self, i: usize) -> Option<Vec<PathBuf>> {
-        let mut st = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = super::lock(&self.state);
         loop {
             if st[..i].iter().any(|s| matches!(s, Slot::Failed)) {
                 return None;
