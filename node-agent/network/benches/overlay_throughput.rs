@@ -146,6 +146,17 @@ fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2] * 8.0 / 1e6
     };
+    let gbit = |v: &[f64]| {
+        v.iter()
+            .map(|b| format!("{:.1}", b * 8.0 / 1e9))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let rounds = format!(
+        "rounds in Gbit/s: overlay {}, plain {}",
+        gbit(&ours),
+        gbit(&peer)
+    );
     let (ours_mbit, peer_mbit) = (med(&mut ours), med(&mut peer));
     println!(
         "{:<34} {:>14} {:>16}",
@@ -160,7 +171,7 @@ fn main() {
         "plain underlay: node -> node", peer_mbit, lat_peer
     );
     println!(
-        "rounds: {ROUNDS} x {DURATION:?} each; overlay MTU {}",
+        "rounds: {ROUNDS} x {DURATION:?} each; overlay MTU {}; {rounds}",
         n0.net.mtu()
     );
     rt.block_on(lab.teardown());

@@ -15,10 +15,11 @@ use crate::attach::{self, AttachError, Endpoint, NetworkMode};
 use crate::compat::{self, HostFirewall};
 use crate::dns::{self, Dns, DnsError, DnsTable};
 use crate::firewall::{self, FirewallError};
-use crate::link::{LinkError, Links};
+use crate::link::{Link, LinkError, Links};
 use crate::netns::{self, NetnsError, NetnsPath};
 use crate::nft::Nft;
 use crate::overlay::{self, OverlayError, OverlayPlan, PlanError};
+use crate::steering;
 
 /// How this node's networking is set up.
 #[derive(Clone, Debug)]
@@ -94,6 +95,8 @@ struct State {
     node_rules: Option<String>,
     /// Each task's table as last loaded.
     task_rules: BTreeMap<String, String>,
+    /// VXLAN devices whose receive steering was set: name → interface index.
+    steered: BTreeMap<String, u32>,
 }
 
 /// How many task tables are loaded at once.
@@ -178,7 +181,7 @@ impl NodeNetwork {
             &self.cfg.node_id,
             self.cfg.underlay_ip,
         )?;
-        overlay::reconcile(
+        let vxlans = overlay::reconcile(
             &self.host,
             &plan,
             self.cfg.underlay_ip,
@@ -187,6 +190,7 @@ impl NodeNetwork {
         )
         .await?;
         st.plan = plan;
+        self.steer(st, vxlans).await;
         // Names first: sockets taken back from the keeper may hold queries already.
         self.refresh_names(st);
         let gateways: Vec<Ipv4Addr> = st.plan.networks.values().map(|n| n.gateway).collect();
@@ -202,6 +206,32 @@ impl NodeNetwork {
             st.node_rules = Some(rules);
         }
         Ok(())
+    }
+
+    /// Spreads the receive processing of VXLAN devices not steered yet (by name and
+    /// index: a recreated device is steered again). A failure is logged and not retried
+    /// for that device: steering is a speed-up, never a reason to fail a converge.
+    async fn steer(&self, st: &mut State, vxlans: Vec<Link>) {
+        st.steered
+            .retain(|name, _| vxlans.iter().any(|l| &l.name == name));
+        for link in vxlans {
+            if st.steered.get(&link.name) == Some(&link.index) {
+                continue;
+            }
+            let (ns, name) = (self.cfg.netns.clone(), link.name.clone());
+            let done =
+                tokio::task::spawn_blocking(move || steering::spread(ns.as_deref(), &name)).await;
+            match done {
+                Ok(Ok(mask)) => {
+                    tracing::debug!(link = %link.name, ?mask, "receive steering set");
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(link = %link.name, %err, "could not spread receive processing over CPUs; overlay traffic into this node is received on one CPU");
+                }
+                Err(err) => tracing::warn!(link = %link.name, %err, "receive steering task failed"),
+            }
+            st.steered.insert(link.name, link.index);
+        }
     }
 
     /// Converges the node under its lock, then every task's table without it.

@@ -156,22 +156,25 @@ pub enum OverlayError {
 }
 
 /// Converges the kernel of this namespace to `plan`; `mtu` is the overlay MTU (underlay
-/// MTU minus [`VXLAN_OVERHEAD`]).
+/// MTU minus [`VXLAN_OVERHEAD`]). Returns the VXLAN devices of the plan's networks.
 pub async fn reconcile(
     links: &Links,
     plan: &OverlayPlan,
     local: Ipv4Addr,
     port: u16,
     mtu: u32,
-) -> Result<(), OverlayError> {
+) -> Result<Vec<Link>, OverlayError> {
+    let mut vxlans = Vec::with_capacity(plan.networks.len());
     for net in plan.networks.values() {
         let bridge = ensure_bridge(links, net, mtu).await?;
         let vxlan = ensure_vxlan(links, net, &bridge, local, port, mtu).await?;
         let remote = plan.remote_tasks.get(&net.id);
         reconcile_fdb(links, &vxlan, &plan.peers, remote).await?;
         reconcile_neighbours(links, &bridge, remote).await?;
+        vxlans.push(vxlan);
     }
-    remove_stale(links, plan).await
+    remove_stale(links, plan).await?;
+    Ok(vxlans)
 }
 
 /// Deletes every bridge and VXLAN device skiff made that `plan` does not name.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use skiff_network::link::Links;
-use skiff_network::{NetworkMode, names, netns};
+use skiff_network::{NetworkMode, names, netns, steering};
 use skiff_proto::v1 as pb;
 
 const T: Duration = Duration::from_secs(2);
@@ -62,6 +62,28 @@ async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
     let fdb = al.fdb(&vx).await.expect("fdb");
     assert_eq!(fdb.len(), 1, "{fdb:?}");
     assert_eq!(fdb[0].dst, b.ip);
+
+    // Its receive processing is spread over every CPU the agent may use (read through
+    // a sysfs of node a's namespace: the test's own /sys shows the host's devices).
+    let cpus = steering::allowed_cpus();
+    let want = if cpus.len() > 1 {
+        steering::mask(cpus)
+    } else {
+        "0".into()
+    };
+    let ns = a.ns.clone();
+    let masks =
+        tokio::task::spawn_blocking(move || steering::current(Some(&ns), &names::vxlan("n1")))
+            .await
+            .expect("join")
+            .expect("rps_cpus");
+    assert!(!masks.is_empty());
+    for m in masks {
+        assert_eq!(
+            m.trim_start_matches(['0', ',']),
+            want.trim_start_matches(['0', ','])
+        );
+    }
 
     // Node b leaves a's peer list: its entry goes and traffic stops; it comes back.
     let mut alone = assign.clone();
