@@ -994,4 +994,17 @@ async fn concurrent_pulls_of_one_reference_share_one_pull() {
     let (events, progress) = recorder();
     b.pull(&remote, progress).await.expect("pull again");
     assert!(!events.lock().expect("lock").is_empty(), "a new pull ran");
+
+    // A waiting caller gets the image the first pull stored, even when it is removed
+    // before the waiter wakes up (it used to read the store again: NotFound).
+    b.remove(&remote).await.expect("remove");
+    let mut leader = Box::pin(b.pull(&remote, |_| {}));
+    let mut waiter = Box::pin(b.pull(&remote, |_| {}));
+    let pulled = tokio::select! {
+        biased;
+        r = &mut leader => r.expect("leader pull"),
+        _ = &mut waiter => panic!("the waiter finished before the pull it waits for"),
+    };
+    b.remove(&remote).await.expect("remove after the pull");
+    assert_eq!(waiter.await.expect("waiter"), pulled);
 }

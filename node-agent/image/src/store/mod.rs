@@ -153,8 +153,10 @@ pub(crate) struct Inner {
     pulls: Mutex<HashMap<String, watch::Receiver<Option<PullOutcome>>>>,
 }
 
-/// How a shared pull ended: Ok, or its error's text.
-type PullOutcome = Result<(), String>;
+/// How a shared pull ended: the image it stored, or its error's text. Waiters take the
+/// image from here rather than reading the store again, where a `remove` in between
+/// would make them fail with NotFound.
+type PullOutcome = Result<Image, String>;
 
 /// Removes a pull's entry from `Inner::pulls` when its caller finishes or is dropped.
 struct PullSlot<'a> {
@@ -238,16 +240,19 @@ impl ImageStore {
                     };
                     let result = pull::pull(&self.inner, reference, progress).await;
                     tx.send_replace(Some(
-                        result.as_ref().map(|_| ()).map_err(ToString::to_string),
+                        result
+                            .as_ref()
+                            .map(Clone::clone)
+                            .map_err(ToString::to_string),
                     ));
                     return result;
                 }
                 Err(rx) => rx,
             };
-            // Cloned out so the borrow of the channel ends before `get` awaits.
+            // Cloned out: the borrow of the channel must not outlive this statement.
             let outcome = waiting.wait_for(Option::is_some).await.map(|o| o.clone());
             match outcome {
-                Ok(Some(Ok(()))) => return self.get(reference).await,
+                Ok(Some(Ok(image))) => return Ok(image),
                 Ok(Some(Err(message))) => {
                     return Err(ImageError::SharedPull {
                         reference: key,
