@@ -7,6 +7,7 @@
 //!                                                                 ▼
 //!        overlay::plan (pure) ─▶ overlay::reconcile ─▶ link (netlink: skb-/skv-, FDB, neigh)
 //!                                  └─▶ steering (rps_cpus of each new skv- device, sysfs)
+//!                                  └─▶ shortcut (tc: skv- ingress → a local task's veth)
 //!        firewall::render_node/render_task (pure) ─▶ nft -f (inet skiff, ip skiff per task)
 //!        dns::DnsTable::build (pure) ─▶ dns::Dns (hickory on each gateway :53)
 //!  worker ──attach(task)──▶ attach ─▶ netns (unshare + bind mount) + veth skh-/eth<i>
@@ -30,6 +31,7 @@ pub mod netns;
 pub mod nft;
 pub mod node;
 pub mod overlay;
+pub mod shortcut;
 pub mod steering;
 
 pub use attach::NetworkMode;

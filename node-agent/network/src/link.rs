@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
 };
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
@@ -16,11 +17,19 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::RouteType;
+use rtnetlink::packet_route::tc::{
+    TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
+    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage,
+    TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
     RouteMessageBuilder,
 };
+
+/// tc priority of skiff's redirect filters on a VXLAN device's ingress.
+pub const REDIRECT_PRIORITY: u16 = 16;
 
 /// A netlink request that failed.
 #[derive(Debug, thiserror::Error)]
@@ -475,6 +484,137 @@ impl Links {
 
     /// `bridge fdb append <mac> dev <vxlan> dst <ip>`: append, because the all-zero MAC
     /// has one entry per peer (head-end replication of broadcast and unknown frames).
+    /// Gives `link` a fresh `ingress` qdisc: an old one goes, with every filter on it.
+    pub async fn reset_ingress(&self, link: &Link) -> Result<()> {
+        let mut del = TcMessage::with_index(link.index as i32);
+        del.header.parent = TcHandle::INGRESS;
+        del.header.handle = TcHandle::from(0xffff_0000);
+        let gone = self
+            .tc_request(
+                RouteNetlinkMessage::DelQueueDiscipline(del),
+                0,
+                "delete ingress qdisc",
+                &link.name,
+            )
+            .await;
+        match gone {
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::EINVAL)) => {}
+            other => other?,
+        }
+        let mut add = TcMessage::with_index(link.index as i32);
+        add.header.parent = TcHandle::INGRESS;
+        add.header.handle = TcHandle::from(0xffff_0000);
+        add.attributes.push(TcAttribute::Kind("ingress".into()));
+        self.tc_request(
+            RouteNetlinkMessage::NewQueueDiscipline(add),
+            NLM_F_CREATE | NLM_F_EXCL,
+            "add ingress qdisc",
+            &link.name,
+        )
+        .await
+    }
+
+    /// Adds or replaces the ingress filter `node` (1..=0xfff) on `link`: IPv4 packets
+    /// for `dst` leave through the device with index `target` (tc u32 + mirred egress
+    /// redirect), skipping whatever `link` is enslaved to. Needs [`Self::reset_ingress`]
+    /// first (the filters live in hash table 800: of a fresh qdisc).
+    pub async fn set_redirect(
+        &self,
+        link: &Link,
+        node: u32,
+        dst: Ipv4Addr,
+        target: u32,
+    ) -> Result<()> {
+        let mut msg = Self::u32_filter(link, node);
+        let mut key = TcU32Key::default();
+        key.mask = u32::MAX;
+        key.val = u32::from(dst);
+        key.off = 16; // the destination address in the IPv4 header
+        let mut selector = TcU32Selector::default();
+        selector.flags = TcU32SelectorFlags::Terminal;
+        selector.nkeys = 1;
+        selector.keys = vec![key];
+        let mut mirror = TcMirror::default();
+        mirror.generic = TcActionGeneric::default();
+        mirror.generic.action = TcActionType::Stolen;
+        mirror.eaction = TcMirrorActionType::EgressRedir;
+        mirror.ifindex = target;
+        let mut action = TcAction::default();
+        action.attributes = vec![
+            TcActionAttribute::Kind(TcActionMirror::KIND.to_string()),
+            TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+                mirror,
+            ))]),
+        ];
+        msg.attributes.push(TcAttribute::Options(vec![
+            TcOption::U32(TcFilterU32Option::Selector(selector)),
+            TcOption::U32(TcFilterU32Option::Action(vec![action])),
+        ]));
+        self.tc_request(
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            NLM_F_CREATE,
+            "set redirect filter",
+            &format!("{dst} → ifindex {target} on {}", link.name),
+        )
+        .await
+    }
+
+    /// Deletes the ingress filter `node` from `link` (missing is fine).
+    pub async fn delete_redirect(&self, link: &Link, node: u32) -> Result<()> {
+        let msg = Self::u32_filter(link, node);
+        match self
+            .tc_request(
+                RouteNetlinkMessage::DelTrafficFilter(msg),
+                0,
+                "delete redirect filter",
+                &format!("{node:#x} on {}", link.name),
+            )
+            .await
+        {
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::EINVAL)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The u32 filter `800::<node>` at [`REDIRECT_PRIORITY`], IPv4, on `link`'s ingress.
+    fn u32_filter(link: &Link, node: u32) -> TcMessage {
+        let mut msg = TcMessage::with_index(link.index as i32);
+        msg.header.parent = TcHandle {
+            major: 0xffff,
+            minor: TcHandle::MIN_INGRESS,
+        };
+        msg.header.handle = TcHandle::from(0x8000_0000 | (node & 0xfff));
+        // info: priority in the upper half, the protocol (network byte order) below.
+        msg.header.info =
+            (u32::from(REDIRECT_PRIORITY) << 16) | u32::from((libc::ETH_P_IP as u16).to_be());
+        msg.attributes
+            .push(TcAttribute::Kind(TcFilterU32::KIND.into()));
+        msg
+    }
+
+    async fn tc_request(
+        &self,
+        body: RouteNetlinkMessage,
+        flags: u16,
+        op: &'static str,
+        what: &str,
+    ) -> Result<()> {
+        let mut req = NetlinkMessage::from(body);
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        let mut handle = self.handle.clone();
+        let mut resp = handle.request(req).map_err(fail(op, what))?;
+        while let Some(msg) = futures::StreamExt::next(&mut resp).await {
+            if let NetlinkPayload::Error(err) = msg.payload {
+                return Err(LinkError {
+                    op,
+                    what: what.to_owned(),
+                    err: rtnetlink::Error::NetlinkError(err),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub async fn fdb_append(&self, link: &Link, e: FdbEntry) -> Result<()> {
         let what = format!(
             "{} dst {} on {}",

@@ -19,7 +19,7 @@ use crate::link::{Link, LinkError, Links};
 use crate::netns::{self, NetnsError, NetnsPath};
 use crate::nft::Nft;
 use crate::overlay::{self, OverlayError, OverlayPlan, PlanError};
-use crate::steering;
+use crate::{shortcut, steering};
 
 /// How this node's networking is set up.
 #[derive(Clone, Debug)]
@@ -95,8 +95,10 @@ struct State {
     node_rules: Option<String>,
     /// Each task's table as last loaded.
     task_rules: BTreeMap<String, String>,
-    /// VXLAN devices whose receive steering was set: name → interface index.
-    steered: BTreeMap<String, u32>,
+    /// VXLAN devices readied by this agent (steering, ingress qdisc), by name.
+    vxlans: BTreeMap<String, Link>,
+    /// Redirect filters installed: where each leads, and the veth's index then.
+    shortcuts: BTreeMap<shortcut::Key, (shortcut::Target, u32)>,
 }
 
 /// How many task tables are loaded at once.
@@ -190,7 +192,7 @@ impl NodeNetwork {
         )
         .await?;
         st.plan = plan;
-        self.steer(st, vxlans).await;
+        self.ready_vxlans(st, vxlans).await;
         // Names first: sockets taken back from the keeper may hold queries already.
         self.refresh_names(st);
         let gateways: Vec<Ipv4Addr> = st.plan.networks.values().map(|n| n.gateway).collect();
@@ -208,14 +210,16 @@ impl NodeNetwork {
         Ok(())
     }
 
-    /// Spreads the receive processing of VXLAN devices not steered yet (by name and
-    /// index: a recreated device is steered again). A failure is logged and not retried
-    /// for that device: steering is a speed-up, never a reason to fail a converge.
-    async fn steer(&self, st: &mut State, vxlans: Vec<Link>) {
-        st.steered
+    /// Readies VXLAN devices this agent has not seen yet (by name and index: a recreated
+    /// device is new): spreads their receive processing over the CPUs and gives them a
+    /// fresh ingress qdisc for shortcuts (dropping filters an earlier agent left). Then
+    /// converges the shortcuts. Failures are logged: both are speed-ups, never a reason
+    /// to fail a converge (without them traffic takes the bridge, on one CPU).
+    async fn ready_vxlans(&self, st: &mut State, vxlans: Vec<Link>) {
+        st.vxlans
             .retain(|name, _| vxlans.iter().any(|l| &l.name == name));
         for link in vxlans {
-            if st.steered.get(&link.name) == Some(&link.index) {
+            if st.vxlans.get(&link.name).map(|l| l.index) == Some(link.index) {
                 continue;
             }
             let (ns, name) = (self.cfg.netns.clone(), link.name.clone());
@@ -230,7 +234,60 @@ impl NodeNetwork {
                 }
                 Err(err) => tracing::warn!(link = %link.name, %err, "receive steering task failed"),
             }
-            st.steered.insert(link.name, link.index);
+            st.shortcuts.retain(|(vxlan, _), _| vxlan != &link.name);
+            if let Err(err) = self.host.reset_ingress(&link).await {
+                tracing::warn!(link = %link.name, %err, "no ingress qdisc: overlay traffic to local containers takes the bridge");
+            }
+            st.vxlans.insert(link.name.clone(), link);
+        }
+        self.sync_shortcuts(st).await;
+    }
+
+    /// Converges the redirect filters on the VXLAN devices to the local tasks.
+    async fn sync_shortcuts(&self, st: &mut State) {
+        let want = shortcut::desired(&st.plan.networks, &st.tasks);
+        let stale: Vec<shortcut::Key> = st
+            .shortcuts
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in stale {
+            st.shortcuts.remove(&key);
+            let Some(vxlan) = st.vxlans.get(&key.0) else {
+                continue;
+            };
+            if let Err(err) = self.host.delete_redirect(vxlan, key.1).await {
+                tracing::warn!(%err, "removing a shortcut to a container that left");
+            }
+        }
+        for (key, target) in want {
+            if st.shortcuts.get(&key).is_some_and(|(t, _)| t == &target) {
+                continue;
+            }
+            let Some(vxlan) = st.vxlans.get(&key.0) else {
+                continue;
+            };
+            let veth = match self.host.by_name(&target.veth).await {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(%err, "looking up a container's veth for its shortcut");
+                    continue;
+                }
+            };
+            match self
+                .host
+                .set_redirect(vxlan, key.1, target.dst, veth.index)
+                .await
+            {
+                Ok(()) => {
+                    st.shortcuts.insert(key, (target, veth.index));
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "no shortcut: overlay traffic to this container takes the bridge");
+                }
+            }
         }
     }
 
@@ -400,6 +457,7 @@ impl NodeNetwork {
                 st.tasks.insert(task_id.to_owned(), eps);
                 self.refresh_names(&st);
                 st.task_rules.remove(task_id);
+                self.sync_shortcuts(&mut st).await;
                 drop(st);
                 if mode == NetworkMode::Networks {
                     self.sync_task(task_id).await?;
@@ -424,6 +482,7 @@ impl NodeNetwork {
         st.tasks.remove(task_id);
         st.task_rules.remove(task_id);
         self.refresh_names(&st);
+        self.sync_shortcuts(&mut st).await;
         drop(st);
         self.task_locks
             .lock()

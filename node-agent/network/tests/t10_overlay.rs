@@ -85,6 +85,40 @@ async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
         );
     }
 
+    // Shortcuts: overlay traffic for a local container goes from the VXLAN device
+    // straight to its veth. With the bridges told to drop every IPv4 frame they get
+    // from a VXLAN device (ARP still passes), the containers still talk, also after one
+    // comes back with a new veth.
+    let drop_from_vxlan = "table bridge skiff_test {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    iifname \"skv-*\" ether type ip drop\n  }\n}\n";
+    for n in &lab.nodes {
+        nft_in(&n.ns, drop_from_vxlan);
+    }
+    assert_eq!(
+        fetch(Some(ca.as_path()), sa("10.213.1.3", 7000), T).as_deref(),
+        Ok("b 10.213.1.2"),
+        "containers talk across the overlay without their bridges' forwarding"
+    );
+    b.net.detach("tb").await.expect("detach");
+    let cb = b
+        .net
+        .attach(
+            "tb",
+            NetworkMode::Networks,
+            &[attachment("n1", "10.213.1.3/24")],
+        )
+        .await
+        .expect("attach again")
+        .expect("ns");
+    let _srv = serve_tag(Some(cb.as_path()), sa("10.213.1.3", 7000), "b");
+    assert_eq!(
+        fetch(Some(ca.as_path()), sa("10.213.1.3", 7000), T).as_deref(),
+        Ok("b 10.213.1.2"),
+        "the shortcut follows a container that came back with a new veth"
+    );
+    for n in &lab.nodes {
+        nft_in(&n.ns, "delete table bridge skiff_test\n");
+    }
+
     // Node b leaves a's peer list: its entry goes and traffic stops; it comes back.
     let mut alone = assign.clone();
     alone.peers.retain(|p| p.node_id == a.id);
@@ -233,4 +267,30 @@ async fn a_reused_address_moves_to_the_new_task_and_the_ended_one_is_detached() 
     }
     assert_eq!(n.net.gc(&[]).await.expect("gc"), ["new"]);
     lab.teardown().await;
+}
+
+/// Loads an nftables script in `ns` with the `nft` binary.
+fn nft_in(ns: &std::path::Path, script: &str) {
+    let script = script.to_owned();
+    let out = netns::run_in(Some(ns), move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())?;
+        child.wait_with_output()
+    })
+    .expect("thread")
+    .expect("nft");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
