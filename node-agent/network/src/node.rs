@@ -243,7 +243,7 @@ impl NodeNetwork {
         self.sync_shortcuts(st).await;
     }
 
-    /// Converges the redirect filters on the VXLAN devices to the local tasks.
+    /// Converges the redirect filters on the VXLAN devices to all local tasks.
     async fn sync_shortcuts(&self, st: &mut State) {
         let want = shortcut::desired(&st.plan.networks, &st.tasks);
         let stale: Vec<shortcut::Key> = st
@@ -252,7 +252,35 @@ impl NodeNetwork {
             .filter(|k| !want.contains_key(*k))
             .cloned()
             .collect();
-        for key in stale {
+        self.remove_shortcuts(st, stale).await;
+        self.add_shortcuts(st, want).await;
+    }
+
+    /// Adds the shortcuts of one task just attached (the others are left alone, so an
+    /// attach costs the same with one task on the node or a thousand).
+    async fn add_task_shortcuts(&self, st: &mut State, task_id: &str) {
+        let Some((id, eps)) = st.tasks.get_key_value(task_id) else {
+            return;
+        };
+        let want = shortcut::desired(&st.plan.networks, std::iter::once((id, eps)));
+        self.add_shortcuts(st, want).await;
+    }
+
+    /// Removes the shortcuts that lead to `task_id` with endpoints `eps` (a reused
+    /// address already taken over by another task's shortcut stays).
+    async fn remove_task_shortcuts(&self, st: &mut State, task_id: &str, eps: Vec<Endpoint>) {
+        let id = task_id.to_owned();
+        let theirs = shortcut::desired(&st.plan.networks, std::iter::once((&id, &eps)));
+        let gone: Vec<shortcut::Key> = theirs
+            .into_iter()
+            .filter(|(key, target)| st.shortcuts.get(key).is_some_and(|(t, _)| t == target))
+            .map(|(key, _)| key)
+            .collect();
+        self.remove_shortcuts(st, gone).await;
+    }
+
+    async fn remove_shortcuts(&self, st: &mut State, keys: Vec<shortcut::Key>) {
+        for key in keys {
             st.shortcuts.remove(&key);
             let Some(vxlan) = st.vxlans.get(&key.0) else {
                 continue;
@@ -261,6 +289,9 @@ impl NodeNetwork {
                 tracing::warn!(%err, "removing a shortcut to a container that left");
             }
         }
+    }
+
+    async fn add_shortcuts(&self, st: &mut State, want: BTreeMap<shortcut::Key, shortcut::Target>) {
         for (key, target) in want {
             if st.shortcuts.get(&key).is_some_and(|(t, _)| t == &target) {
                 continue;
@@ -457,7 +488,7 @@ impl NodeNetwork {
                 st.tasks.insert(task_id.to_owned(), eps);
                 self.refresh_names(&st);
                 st.task_rules.remove(task_id);
-                self.sync_shortcuts(&mut st).await;
+                self.add_task_shortcuts(&mut st, task_id).await;
                 drop(st);
                 if mode == NetworkMode::Networks {
                     self.sync_task(task_id).await?;
@@ -479,10 +510,11 @@ impl NodeNetwork {
         let _held = lock.lock().await;
         let mut st = self.state.lock().await;
         attach::detach(&self.host, &self.cfg.run_dir, task_id).await?;
-        st.tasks.remove(task_id);
+        if let Some(eps) = st.tasks.remove(task_id) {
+            self.remove_task_shortcuts(&mut st, task_id, eps).await;
+        }
         st.task_rules.remove(task_id);
         self.refresh_names(&st);
-        self.sync_shortcuts(&mut st).await;
         drop(st);
         self.task_locks
             .lock()

@@ -45,11 +45,11 @@ pub fn filter_node(addr: &Ipv4Net) -> Option<u32> {
     (1..=0xfff).contains(&host).then_some(host)
 }
 
-/// Every shortcut this node should have: one per local task endpoint on a network this
-/// node has. Pure.
-pub fn desired(
+/// The shortcuts `tasks` should have: one per endpoint on a network this node has.
+/// Pure.
+pub fn desired<'a>(
     networks: &BTreeMap<String, NetworkPlan>,
-    tasks: &BTreeMap<String, Vec<Endpoint>>,
+    tasks: impl IntoIterator<Item = (&'a String, &'a Vec<Endpoint>)>,
 ) -> BTreeMap<Key, Target> {
     let mut out = BTreeMap::new();
     for (task, endpoints) in tasks {
