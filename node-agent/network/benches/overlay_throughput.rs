@@ -19,6 +19,9 @@ use skiff_proto::v1 as pb;
 const DURATION: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 3;
 const PINGS: usize = 2000;
+/// How long a connect, read or write may stall before the bench gives up (a broken
+/// path fails the run instead of hanging it).
+const STALL: Duration = Duration::from_secs(20);
 
 /// Bytes per second from `from` to a receiver in `to` at `addr`.
 fn throughput(from: &Path, to: &Path, addr: SocketAddr) -> f64 {
@@ -27,6 +30,7 @@ fn throughput(from: &Path, to: &Path, addr: SocketAddr) -> f64 {
         .expect("bind");
     let receiver = std::thread::spawn(move || {
         let (mut c, _) = listener.accept().expect("accept");
+        c.set_read_timeout(Some(STALL)).expect("read timeout");
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;
         loop {
@@ -39,7 +43,8 @@ fn throughput(from: &Path, to: &Path, addr: SocketAddr) -> f64 {
     });
     let from: PathBuf = from.to_owned();
     let elapsed = netns::run_in(Some(&from), move || {
-        let mut c = TcpStream::connect(addr).expect("connect");
+        let mut c = TcpStream::connect_timeout(&addr, STALL).expect("connect");
+        c.set_write_timeout(Some(STALL)).expect("write timeout");
         let buf = vec![0x5au8; 128 * 1024];
         let start = Instant::now();
         while start.elapsed() < DURATION {
@@ -62,6 +67,7 @@ fn latency(from: &Path, to: &Path, addr: SocketAddr) -> f64 {
     let echo = std::thread::spawn(move || {
         let (mut c, _) = listener.accept().expect("accept");
         c.set_nodelay(true).expect("nodelay");
+        c.set_read_timeout(Some(STALL)).expect("read timeout");
         let mut b = [0u8; 1];
         while let Ok(1) = c.read(&mut b) {
             if c.write_all(&b).is_err() {
@@ -71,8 +77,10 @@ fn latency(from: &Path, to: &Path, addr: SocketAddr) -> f64 {
     });
     let from: PathBuf = from.to_owned();
     let mut rtts = netns::run_in(Some(&from), move || {
-        let mut c = TcpStream::connect(addr).expect("connect");
+        let mut c = TcpStream::connect_timeout(&addr, STALL).expect("connect");
         c.set_nodelay(true).expect("nodelay");
+        c.set_read_timeout(Some(STALL)).expect("read timeout");
+        c.set_write_timeout(Some(STALL)).expect("write timeout");
         let mut b = [1u8; 1];
         let mut rtts = Vec::with_capacity(PINGS);
         for _ in 0..PINGS {
@@ -96,6 +104,21 @@ fn main() {
         .build()
         .expect("runtime");
     let lab = rt.block_on(Lab::new(2));
+    // The lab is torn down also when a measurement panics (a stalled path).
+    let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| measure(&rt, &lab)));
+    rt.block_on(lab.teardown());
+    let (ours_mbit, peer_mbit) = measured.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    println!(
+        "RESULT overlay_throughput ours={:.0}Mbit/s peer={:.0}Mbit/s ratio={:.2}",
+        ours_mbit,
+        peer_mbit,
+        ours_mbit / peer_mbit
+    );
+}
+
+/// Sets up one container per node, prints the table, returns the median throughputs
+/// (overlay, plain) in Mbit/s.
+fn measure(rt: &tokio::runtime::Runtime, lab: &Lab) -> (f64, f64) {
     let (n0, n1) = (&lab.nodes[0], &lab.nodes[1]);
     let (ca, cb) = rt.block_on(async {
         let assign = pb::Assignments {
@@ -174,11 +197,5 @@ fn main() {
         "rounds: {ROUNDS} x {DURATION:?} each; overlay MTU {}; {rounds}",
         n0.net.mtu()
     );
-    rt.block_on(lab.teardown());
-    println!(
-        "RESULT overlay_throughput ours={:.0}Mbit/s peer={:.0}Mbit/s ratio={:.2}",
-        ours_mbit,
-        peer_mbit,
-        ours_mbit / peer_mbit
-    );
+    (ours_mbit, peer_mbit)
 }
