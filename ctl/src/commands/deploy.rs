@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use skiff_proto::TaskStateExt;
 use skiff_proto::v1::{self as pb, cluster_api_client::ClusterApiClient};
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 
 use crate::commands::CtlError;
@@ -43,24 +44,28 @@ async fn watch_changes(client: &Client, revision: u64) -> Option<Events> {
 
 /// Waits until something changed (and the burst it belongs to settled) or `POLL`
 /// passed. A broken stream is dropped: the follow goes on by polling.
-async fn next_change(events: &mut Option<Events>) {
+async fn next_change<S>(events: &mut Option<S>)
+where
+    S: Stream<Item = Result<pb::WatchEvent, tonic::Status>> + Unpin,
+{
     let Some(stream) = events.as_mut() else {
         tokio::time::sleep(POLL).await;
         return;
     };
     let (mut wait, mut settle_until) = (POLL, None);
     loop {
-        match tokio::time::timeout(wait, stream.message()).await {
+        match tokio::time::timeout(wait, stream.next()).await {
             // Quiet for `wait`: look now.
             Err(_) => return,
-            Ok(Ok(Some(_))) => {
-                let until = *settle_until.get_or_insert_with(|| Instant::now() + SETTLE_MAX);
-                if Instant::now() >= until {
+            Ok(Some(Ok(_))) => {
+                let now = tokio::time::Instant::now();
+                let until = *settle_until.get_or_insert(now + SETTLE_MAX);
+                if now >= until {
                     return;
                 }
-                wait = SETTLE;
+                wait = SETTLE.min(until - now);
             }
-            Ok(Ok(None) | Err(_)) => {
+            Ok(None | Some(Err(_))) => {
                 *events = None;
                 return;
             }
@@ -333,6 +338,76 @@ fn status_of(t: &pb::Task) -> pb::TaskStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type Item = Result<pb::WatchEvent, tonic::Status>;
+    type Fed = tokio_stream::wrappers::ReceiverStream<Item>;
+
+    /// A watch stream the test feeds by hand.
+    fn feed() -> (tokio::sync::mpsc::Sender<Item>, Option<Fed>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        (tx, Some(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_stream_or_changes_the_follow_looks_every_poll() {
+        let mut none: Option<Fed> = None;
+        let t = tokio::time::Instant::now();
+        next_change(&mut none).await;
+        assert_eq!(t.elapsed(), POLL);
+
+        let (_tx, mut events) = feed();
+        let t = tokio::time::Instant::now();
+        next_change(&mut events).await;
+        assert_eq!(t.elapsed(), POLL);
+        assert!(events.is_some(), "a quiet stream is kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_is_looked_at_once_its_burst_settles() {
+        let (tx, mut events) = feed();
+        let t = tokio::time::Instant::now();
+        for _ in 0..3 {
+            tx.send(Ok(pb::WatchEvent::default())).await.expect("send");
+        }
+        next_change(&mut events).await;
+        assert_eq!(
+            t.elapsed(),
+            SETTLE,
+            "three events at once, then quiet for SETTLE"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_trickle_of_changes_delays_the_look_by_settle_max_at_most() {
+        let (tx, mut events) = feed();
+        let producer = tokio::spawn(async move {
+            while tx.send(Ok(pb::WatchEvent::default())).await.is_ok() {
+                tokio::time::sleep(SETTLE / 2).await;
+            }
+        });
+        let t = tokio::time::Instant::now();
+        next_change(&mut events).await;
+        assert!(t.elapsed() <= SETTLE_MAX, "{:?}", t.elapsed());
+        assert!(t.elapsed() >= SETTLE_MAX - SETTLE, "{:?}", t.elapsed());
+        producer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_stream_is_dropped_and_the_follow_polls() {
+        let (tx, mut events) = feed();
+        tx.send(Err(tonic::Status::unavailable("master went away")))
+            .await
+            .expect("send");
+        next_change(&mut events).await;
+        assert!(events.is_none());
+
+        let (tx, mut events) = feed();
+        drop(tx);
+        let t = tokio::time::Instant::now();
+        next_change(&mut events).await;
+        assert!(events.is_none(), "an ended stream is dropped");
+        assert_eq!(t.elapsed(), Duration::ZERO);
+    }
 
     fn service(id: &str, name: &str, version: u64, desired: u64) -> pb::ServiceSummary {
         pb::ServiceSummary {
