@@ -95,8 +95,10 @@ struct State {
     node_rules: Option<String>,
     /// Each task's table as last loaded.
     task_rules: BTreeMap<String, String>,
-    /// VXLAN devices readied by this agent (steering, ingress qdisc), by name.
-    vxlans: BTreeMap<String, Link>,
+    /// VXLAN devices readied by this agent (steering, ingress qdisc), by name, and
+    /// whether they take shortcuts (false once the kernel refused a qdisc or filter:
+    /// not asked again, so a kernel without cls_u32/act_mirred logs it once).
+    vxlans: BTreeMap<String, (Link, bool)>,
     /// Redirect filters installed: where each leads, and the veth's index then.
     shortcuts: BTreeMap<shortcut::Key, (shortcut::Target, u32)>,
 }
@@ -219,7 +221,7 @@ impl NodeNetwork {
         st.vxlans
             .retain(|name, _| vxlans.iter().any(|l| &l.name == name));
         for link in vxlans {
-            if st.vxlans.get(&link.name).map(|l| l.index) == Some(link.index) {
+            if st.vxlans.get(&link.name).map(|(l, _)| l.index) == Some(link.index) {
                 continue;
             }
             let (ns, name) = (self.cfg.netns.clone(), link.name.clone());
@@ -235,10 +237,14 @@ impl NodeNetwork {
                 Err(err) => tracing::warn!(link = %link.name, %err, "receive steering task failed"),
             }
             st.shortcuts.retain(|(vxlan, _), _| vxlan != &link.name);
-            if let Err(err) = self.host.reset_ingress(&link).await {
-                tracing::warn!(link = %link.name, %err, "no ingress qdisc: overlay traffic to local containers takes the bridge");
-            }
-            st.vxlans.insert(link.name.clone(), link);
+            let ok = match self.host.reset_ingress(&link).await {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(link = %link.name, %err, "no ingress qdisc: overlay traffic to local containers takes the bridge");
+                    false
+                }
+            };
+            st.vxlans.insert(link.name.clone(), (link, ok));
         }
         self.sync_shortcuts(st).await;
     }
@@ -282,7 +288,7 @@ impl NodeNetwork {
     async fn remove_shortcuts(&self, st: &mut State, keys: Vec<shortcut::Key>) {
         for key in keys {
             st.shortcuts.remove(&key);
-            let Some(vxlan) = st.vxlans.get(&key.0) else {
+            let Some((vxlan, _)) = st.vxlans.get(&key.0) else {
                 continue;
             };
             if let Err(err) = self.host.delete_redirect(vxlan, key.1).await {
@@ -296,7 +302,7 @@ impl NodeNetwork {
             if st.shortcuts.get(&key).is_some_and(|(t, _)| t == &target) {
                 continue;
             }
-            let Some(vxlan) = st.vxlans.get(&key.0) else {
+            let Some((vxlan, true)) = st.vxlans.get(&key.0) else {
                 continue;
             };
             let veth = match self.host.by_name(&target.veth).await {
@@ -316,7 +322,10 @@ impl NodeNetwork {
                     st.shortcuts.insert(key, (target, veth.index));
                 }
                 Err(err) => {
-                    tracing::warn!(%err, "no shortcut: overlay traffic to this container takes the bridge");
+                    tracing::warn!(%err, "shortcuts off on this VXLAN device: overlay traffic to its containers takes the bridge");
+                    if let Some((_, ok)) = st.vxlans.get_mut(&key.0) {
+                        *ok = false;
+                    }
                 }
             }
         }
