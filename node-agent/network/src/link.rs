@@ -576,6 +576,27 @@ impl Links {
         }
     }
 
+    /// The node ids of the redirect filters on `link`'s ingress, sorted.
+    pub async fn redirect_nodes(&self, link: &Link) -> Result<Vec<u32>> {
+        let msgs: Vec<TcMessage> = self
+            .handle
+            .traffic_filter(link.index as i32)
+            .get()
+            .ingress()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(fail("list filters", link.name.clone()))?;
+        let mut nodes: Vec<u32> = msgs
+            .iter()
+            .map(|m| u32::from(m.header.handle))
+            .filter(|h| h & 0xfff != 0)
+            .map(|h| h & 0xfff)
+            .collect();
+        nodes.sort_unstable();
+        Ok(nodes)
+    }
+
     /// The u32 filter `800::<node>` at [`REDIRECT_PRIORITY`], IPv4, on `link`'s ingress.
     fn u32_filter(link: &Link, node: u32) -> TcMessage {
         let mut msg = TcMessage::with_index(link.index as i32);

@@ -98,7 +98,14 @@ async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
         Ok("b 10.213.1.2"),
         "containers talk across the overlay without their bridges' forwarding"
     );
+    let bl = Links::new(netns::netlink(Some(&b.ns)).await.expect("netlink"));
+    let bvx = bl.require(&names::vxlan("n1")).await.expect("vxlan");
+    assert_eq!(bl.redirect_nodes(&bvx).await.expect("filters"), vec![3]);
     b.net.detach("tb").await.expect("detach");
+    assert!(
+        bl.redirect_nodes(&bvx).await.expect("filters").is_empty(),
+        "a detached task's shortcut goes with it"
+    );
     let cb = b
         .net
         .attach(
@@ -115,6 +122,7 @@ async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
         Ok("b 10.213.1.2"),
         "the shortcut follows a container that came back with a new veth"
     );
+    assert_eq!(bl.redirect_nodes(&bvx).await.expect("filters"), vec![3]);
     for n in &lab.nodes {
         nft_in(&n.ns, "delete table bridge skiff_test\n");
     }
