@@ -490,7 +490,7 @@ impl Links {
         del.header.parent = TcHandle::INGRESS;
         del.header.handle = TcHandle::from(0xffff_0000);
         let gone = self
-            .tc_request(
+            .ack_request(
                 RouteNetlinkMessage::DelQueueDiscipline(del),
                 0,
                 "delete ingress qdisc",
@@ -505,7 +505,7 @@ impl Links {
         add.header.parent = TcHandle::INGRESS;
         add.header.handle = TcHandle::from(0xffff_0000);
         add.attributes.push(TcAttribute::Kind("ingress".into()));
-        self.tc_request(
+        self.ack_request(
             RouteNetlinkMessage::NewQueueDiscipline(add),
             NLM_F_CREATE | NLM_F_EXCL,
             "add ingress qdisc",
@@ -550,7 +550,7 @@ impl Links {
             TcOption::U32(TcFilterU32Option::Selector(selector)),
             TcOption::U32(TcFilterU32Option::Action(vec![action])),
         ]));
-        self.tc_request(
+        self.ack_request(
             RouteNetlinkMessage::NewTrafficFilter(msg),
             NLM_F_CREATE,
             "set redirect filter",
@@ -563,7 +563,7 @@ impl Links {
     pub async fn delete_redirect(&self, link: &Link, node: u32) -> Result<()> {
         let msg = Self::u32_filter(link, node);
         match self
-            .tc_request(
+            .ack_request(
                 RouteNetlinkMessage::DelTrafficFilter(msg),
                 0,
                 "delete redirect filter",
@@ -613,7 +613,9 @@ impl Links {
         msg
     }
 
-    async fn tc_request(
+    /// Sends one request and waits for the kernel's acknowledgement (for messages
+    /// rtnetlink's builders do not make).
+    async fn ack_request(
         &self,
         body: RouteNetlinkMessage,
         flags: u16,
@@ -643,27 +645,18 @@ impl Links {
             e.dst,
             link.name
         );
-        let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(Self::fdb_message(
-            link, e,
-        )));
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
-        let mut handle = self.handle.clone();
-        let mut resp = handle
-            .request(req)
-            .map_err(fail("append fdb", what.clone()))?;
-        while let Some(msg) = futures::StreamExt::next(&mut resp).await {
-            if let NetlinkPayload::Error(err) = msg.payload {
-                if err.raw_code().abs() == libc::EEXIST {
-                    return Ok(());
-                }
-                return Err(LinkError {
-                    op: "append fdb",
-                    what,
-                    err: rtnetlink::Error::NetlinkError(err),
-                });
-            }
+        match self
+            .ack_request(
+                RouteNetlinkMessage::NewNeighbour(Self::fdb_message(link, e)),
+                NLM_F_CREATE | NLM_F_APPEND,
+                "append fdb",
+                &what,
+            )
+            .await
+        {
+            Err(err) if err.errno() == Some(libc::EEXIST) => Ok(()),
+            other => other,
         }
-        Ok(())
     }
 
     pub async fn fdb_delete(&self, link: &Link, e: FdbEntry) -> Result<()> {

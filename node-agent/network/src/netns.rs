@@ -143,8 +143,7 @@ pub fn is_netns(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Moves the calling thread into the network namespace at `ns`.
-pub(crate) fn enter(ns: &Path) -> Result<(), NetnsError> {
+fn enter(ns: &Path) -> Result<(), NetnsError> {
     let file = File::open(ns).map_err(|err| NetnsError::Io {
         op: "opening",
         path: ns.to_owned(),

@@ -138,58 +138,42 @@ fn rx_queues(queues: &Path) -> Result<Vec<PathBuf>, SteeringError> {
 }
 
 /// Runs `f` with the path of `device`'s `queues` directory in a sysfs of `ns`, on a
-/// throwaway thread with a private mount namespace (see the module doc).
+/// throwaway thread ([`netns::run_in`]) that also leaves the agent's mounts (see the
+/// module doc).
 fn with_node_sysfs<T, F>(ns: Option<&Path>, device: &str, f: F) -> Result<T, SteeringError>
 where
     T: Send + 'static,
     F: FnOnce(&Path) -> Result<T, SteeringError> + Send + 'static,
 {
     let device = device.to_owned();
-    let ns_owned = ns.map(Path::to_owned);
-    std::thread::Builder::new()
-        .name("skiff-sysfs".into())
-        .spawn(move || -> Result<T, SteeringError> {
-            let sys = |op, err| SteeringError::Sys {
-                op,
-                device: device.clone(),
-                err,
-            };
-            // CLONE_NEWNS implies CLONE_FS: only this thread leaves the agent's mounts.
-            nix::sched::unshare(CloneFlags::CLONE_NEWNS)
-                .map_err(|e| sys("unshare(CLONE_NEWNS)", e))?;
-            nix::mount::mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(|e| sys("making the thread's mounts private", e))?;
-            if let Some(ns) = &ns_owned {
-                netns::enter(ns)?;
-            }
-            // sysfs takes the network namespace of the task that mounts it.
-            nix::mount::mount(
-                Some("sysfs"),
-                "/sys",
-                Some("sysfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                None::<&str>,
-            )
-            .map_err(|e| sys("mounting sysfs", e))?;
-            f(&Path::new("/sys/class/net").join(&device).join("queues"))
-        })
-        .map_err(|err| SteeringError::Io {
-            op: "spawning a thread for",
-            path: PathBuf::from(ns.map_or_else(|| "/sys".into(), |p| p.display().to_string())),
+    netns::run_in(ns, move || -> Result<T, SteeringError> {
+        let sys = |op, err| SteeringError::Sys {
+            op,
+            device: device.clone(),
             err,
-        })?
-        .join()
-        .unwrap_or_else(|_| {
-            Err(SteeringError::Netns(NetnsError::ThreadPanicked {
-                ns: "sysfs thread".into(),
-            }))
-        })
+        };
+        // CLONE_NEWNS implies CLONE_FS: only this thread leaves the agent's mounts.
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| sys("unshare(CLONE_NEWNS)", e))?;
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| sys("making the thread's mounts private", e))?;
+        // sysfs takes the network namespace of the task that mounts it (run_in has
+        // joined `ns` already).
+        nix::mount::mount(
+            Some("sysfs"),
+            "/sys",
+            Some("sysfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| sys("mounting sysfs", e))?;
+        f(&Path::new("/sys/class/net").join(&device).join("queues"))
+    })?
 }
 
 #[cfg(test)]
