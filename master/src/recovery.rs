@@ -29,6 +29,7 @@ use crate::raft::{BasicNode, TypeConfig};
 use crate::server::Identity;
 use crate::store::StoreState;
 use crate::store::apply::execute;
+use crate::tls::DialTls;
 
 type LogId = openraft::alias::LogIdOf<TypeConfig>;
 
@@ -234,7 +235,7 @@ pub async fn force_new_cluster(
     let raft_dir = data_dir.join("raft");
     let disk = read_on_disk(&raft_dir).await?;
     // Who still answers? This master is stopped; count it as one that answers.
-    let net = Network::new(tls);
+    let net = Network::new(DialTls::fixed(tls));
     let mut answering = vec![format!("{} (this master)", identity.raft_id)];
     for (id, addr) in &disk.voters {
         if *id == identity.raft_id || addr.is_empty() {
@@ -289,7 +290,7 @@ pub async fn backup(
         addr: addr.to_owned(),
         reason,
     };
-    let ch = Network::new(tls)
+    let ch = Network::new(DialTls::fixed(tls))
         .channel(addr)
         .map_err(|e| err(e.to_string()))?;
     let mut client = skiff_proto::v1::cluster_api_client::ClusterApiClient::new(ch)

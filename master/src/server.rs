@@ -11,16 +11,19 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_proto::v1 as pb;
 use skiff_proto::v1::cluster_api_server::ClusterApiServer;
 use skiff_proto::v1::raft_transport_client::RaftTransportClient;
 use skiff_proto::v1::raft_transport_server::RaftTransportServer;
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::service::RoutesBuilder;
+use tonic::service::{Routes, RoutesBuilder};
 use tracing::Instrument;
 
 use crate::api::auth::Guard;
@@ -30,7 +33,7 @@ use crate::handle::MasterHandle;
 use crate::raft::network::Network;
 use crate::raft::service::RaftService;
 use crate::raft::{RaftNode, RaftNodeError, RaftSettings};
-use crate::tls::JoinService;
+use crate::tls::{CertKeeper, DialTls, JoinService, MasterCert};
 use skiff_proto::v1::join_server::JoinServer;
 
 /// Identity file name in the data directory.
@@ -113,14 +116,24 @@ pub type ExtraServices = Box<dyn FnOnce(&MasterHandle, &mut RoutesBuilder) + Sen
 /// TLS for the server and for peer channels.
 #[derive(Clone, Default)]
 pub struct TlsSetup {
-    pub server: Option<tonic::transport::ServerTlsConfig>,
-    pub client: Option<tonic::transport::ClientTlsConfig>,
+    /// This master's certificate, kept renewed (None: plain HTTP/2, `--insecure`).
+    pub certs: Option<Arc<CertKeeper>>,
     pub guard: Option<Guard>,
     pub token: Option<TokenFormat>,
     /// Where the CA lives (serves `Join`, hands the key to joining masters).
     pub ca_dir: Option<PathBuf>,
     /// Kept equal to the store's revocation list.
     pub revoked: Option<skiff_pki::RevocationSet>,
+}
+
+impl TlsSetup {
+    /// How this master dials peers and agents.
+    pub fn dial(&self) -> DialTls {
+        self.certs
+            .as_ref()
+            .map(|k| DialTls::Renewed(k.subscribe()))
+            .unwrap_or_default()
+    }
 }
 
 /// Everything a master needs to start.
@@ -153,7 +166,7 @@ pub enum StartMode {
 /// A running master.
 pub struct Master {
     handle: MasterHandle,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: JoinHandle<Result<(), MasterError>>,
     stop: CancellationToken,
     /// The leader's controllers (and future background components): stopped after the
     /// server, before raft.
@@ -232,7 +245,7 @@ impl Master {
         if !matches!(mode, StartMode::Run) {
             identity.save(&opts.data_dir)?;
         }
-        let network = Network::new(opts.tls.client.clone());
+        let network = Network::new(opts.tls.dial());
         let node = RaftNode::start(
             identity.raft_id,
             &opts.data_dir.join("raft"),
@@ -276,42 +289,20 @@ impl Master {
         ));
         routes.add_service(
             ClusterApiServer::new(
-                ClusterService::new(handle.clone(), guard, token)
-                    .with_agent_tls(opts.tls.client.clone()),
+                ClusterService::new(handle.clone(), guard, token).with_agent_tls(opts.tls.dial()),
             )
             .max_decoding_message_size(64 << 20),
         );
         if let Some(extra) = extra {
             extra(&handle, &mut routes);
         }
-        let mut builder = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(10)));
-        if let Some(tls) = &opts.tls.server {
-            builder = builder
-                .tls_config(tls.clone())
-                .map_err(|e| MasterError::Tls(e.to_string()))?;
-        }
         let stop = CancellationToken::new();
-        let signal = stop.clone();
-        // tonic ignores `tcp_nodelay` for a listener it did not bind: set it on every
-        // accepted socket, or Nagle holds small replies (raft acks, write answers) for
-        // the peer's delayed ACK, ~40 ms.
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            |accepted| {
-                accepted.inspect(|stream| {
-                    if let Err(err) = stream.set_nodelay(true) {
-                        tracing::debug!(%err, "TCP_NODELAY on an accepted connection");
-                    }
-                })
-            },
-        );
-        let server = tokio::spawn(
-            builder
-                .add_routes(routes.routes())
-                .serve_with_incoming_shutdown(incoming, async move { signal.cancelled().await }),
-        );
+        let server = tokio::spawn(serve(
+            listener,
+            routes.routes(),
+            opts.tls.certs.as_ref().map(|k| k.subscribe()),
+            stop.clone(),
+        ));
         let mut master = Master {
             handle,
             server,
@@ -345,6 +336,14 @@ impl Master {
                 master.identity.save(&opts.data_dir)?;
             }
             StartMode::Run => {}
+        }
+        if let Some(keeper) = &opts.tls.certs {
+            master.tracker.spawn(
+                keeper
+                    .clone()
+                    .run(master.components.clone())
+                    .instrument(tracing::info_span!("certificate")),
+            );
         }
         let controllers =
             crate::controllers::Controllers::new(master.handle.clone(), master.heartbeats.clone());
@@ -475,12 +474,109 @@ impl Master {
                 self.handle.raft().shutdown().await;
                 match res {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(MasterError::Serve(e)),
+                    Ok(Err(e)) => Err(e),
                     Err(e) => Err(MasterError::Bootstrap(format!("server task: {e}"))),
                 }
             }
         }
     }
+}
+
+/// Serves `routes` on `listener` until `stop`. With TLS, every renewal of the
+/// certificate starts a new round on the same listener: the old round stops accepting
+/// (its connections get a GOAWAY and close when their calls end; a TLS session is
+/// checked only at its handshake) and the new one accepts with the new certificate.
+async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    mut certs: Option<watch::Receiver<Arc<MasterCert>>>,
+    stop: CancellationToken,
+) -> Result<(), MasterError> {
+    let listener = Arc::new(listener);
+    let mut rounds = JoinSet::new();
+    let mut result = Ok(());
+    'rounds: loop {
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)));
+        if let Some(certs) = &mut certs {
+            let tls = certs.borrow_and_update().server.clone();
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| MasterError::Tls(e.to_string()))?;
+        }
+        let round = stop.child_token();
+        rounds.spawn(
+            builder
+                .add_routes(routes.clone())
+                .serve_with_incoming_shutdown(
+                    accept_until(listener.clone(), round.clone()),
+                    stop.clone().cancelled_owned(),
+                ),
+        );
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break 'rounds,
+                renewed = renewal(&mut certs) => {
+                    if renewed {
+                        tracing::info!("serving with the renewed certificate");
+                        round.cancel();
+                        continue 'rounds;
+                    }
+                    // Nobody renews any more (shutting down): serve what we have.
+                    stop.cancelled().await;
+                    break 'rounds;
+                }
+                Some(ended) = rounds.join_next() => match ended {
+                    // An earlier round whose connections have all closed.
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        result = Err(MasterError::Serve(err));
+                        break 'rounds;
+                    }
+                    Err(err) => {
+                        result = Err(MasterError::Bootstrap(format!("server task: {err}")));
+                        break 'rounds;
+                    }
+                },
+            }
+        }
+    }
+    stop.cancel();
+    while let Some(ended) = rounds.join_next().await {
+        if let Ok(Err(err)) = ended {
+            tracing::debug!(%err, "gRPC server round");
+        }
+    }
+    result
+}
+
+/// Whether a renewed certificate came (false: its keeper is gone); never without TLS.
+async fn renewal(certs: &mut Option<watch::Receiver<Arc<MasterCert>>>) -> bool {
+    match certs {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Connections accepted on `listener` until `round` is cancelled, with `TCP_NODELAY`:
+/// tonic ignores its own `tcp_nodelay` for a listener it did not bind, and without it
+/// Nagle holds small replies (raft acks, write answers) for the peer's delayed ACK,
+/// ~40 ms.
+fn accept_until(
+    listener: Arc<TcpListener>,
+    round: CancellationToken,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    let accepted = futures::stream::unfold(listener, |l| async move {
+        let next = l.accept().await.map(|(stream, _)| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(%err, "TCP_NODELAY on an accepted connection");
+            }
+            stream
+        });
+        Some((next, l))
+    });
+    futures::StreamExt::take_until(accepted, round.cancelled_owned())
 }
 
 /// Stops the background components (controllers) and waits for them, 5 s at most.

@@ -1,7 +1,10 @@
 //! The master's use of `skiff-pki`: where the CA, its own credentials and the admin
 //! certificate live in the data directory, the TLS setup of the server and of peer
 //! channels, per-RPC authorization fed by the store's revocation list, and the
-//! `skiff.v1.Join` service (tokens checked against the store, CSRs signed here).
+//! `skiff.v1.Join` service (tokens checked against the store, CSRs signed here), and
+//! the renewal of this master's own certificate ([`CertKeeper`]): every master holds
+//! the CA, so it signs its successor itself, two thirds into the lifetime, and hands it
+//! to the server (a new TLS round) and the dialers (new channels) without a restart.
 //!
 //! ```text
 //! <data>/ca/ca.pem, ca-key.pem     the cluster CA (every master holds the key)
@@ -11,15 +14,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use skiff_pki::{
-    Authorizer, CaDigest, ClusterCa, Credentials, JoinSecrets, JoinToken, NODE_FILE_STEM, NodeKey,
-    RevocationSet, Role as PkiRole, Serial, SignRequest, TokenSecret,
+    Authorizer, CaDigest, CertInfo, ClusterCa, Credentials, JoinSecrets, JoinToken, NODE_FILE_STEM,
+    NodeKey, RevocationSet, Role as PkiRole, Serial, SignRequest, TokenSecret,
 };
 use skiff_proto::v1 as pb;
 use skiff_proto::v1::join_client::JoinClient;
 use skiff_proto::v1::join_server::Join;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::api::auth::{Caller, Guard, Role};
@@ -60,6 +66,8 @@ pub enum TlsError {
         got: String,
         want: String,
     },
+    #[error("this master's certificate: {0}")]
+    Cert(#[from] skiff_pki::CertError),
 }
 
 fn role_of(r: PkiRole) -> Role {
@@ -201,7 +209,8 @@ pub fn client_config(
     Ok(Some(skiff_pki::client_tls_config(&creds)?))
 }
 
-/// The server/client TLS and the per-RPC guard for a master of `cluster_id`.
+/// The server/client TLS and the per-RPC guard for a master of `cluster_id`; the
+/// certificate is kept renewed by the setup's [`CertKeeper`].
 pub fn setup(data_dir: &Path, creds: &Credentials, cluster_id: &str) -> Result<TlsSetup, TlsError> {
     let revoked = RevocationSet::new();
     let authz = Authorizer::new(cluster_id, revoked.clone());
@@ -219,13 +228,157 @@ pub fn setup(data_dir: &Path, creds: &Credentials, cluster_id: &str) -> Result<T
         })
     });
     Ok(TlsSetup {
-        server: Some(skiff_pki::server_tls_config(creds)?),
-        client: Some(skiff_pki::client_tls_config(creds)?),
+        certs: Some(Arc::new(CertKeeper::new(data_dir, creds.clone())?)),
         guard: Some(Guard::with(check)),
         token: None,
         ca_dir: Some(data_dir.join(CA_DIR)),
         revoked: Some(revoked),
     })
+}
+
+/// This master's certificate and the TLS configurations made from it. `generation`
+/// counts renewals in this process: a channel made with an older one is redialed.
+pub struct MasterCert {
+    pub creds: Credentials,
+    pub info: CertInfo,
+    pub server: ServerTlsConfig,
+    pub client: ClientTlsConfig,
+    pub generation: u64,
+}
+
+impl MasterCert {
+    fn new(creds: Credentials, generation: u64) -> Result<Self, TlsError> {
+        Ok(MasterCert {
+            info: creds.check()?,
+            server: skiff_pki::server_tls_config(&creds)?,
+            client: skiff_pki::client_tls_config(&creds)?,
+            creds,
+            generation,
+        })
+    }
+}
+
+/// Owns this master's certificate: renews it when two thirds of its lifetime have
+/// passed (signed here with the CA every master holds, same key, a fresh
+/// [`CERT_TTL`]), writes it to `<data>/tls/node.pem` and publishes it to the server
+/// and the dialers. Without renewal every link of the cluster would fail its TLS
+/// handshake once the certificates expire.
+pub struct CertKeeper {
+    tls_dir: PathBuf,
+    ca_dir: PathBuf,
+    current: watch::Sender<Arc<MasterCert>>,
+}
+
+impl CertKeeper {
+    pub fn new(data_dir: &Path, creds: Credentials) -> Result<Self, TlsError> {
+        let (current, _) = watch::channel(Arc::new(MasterCert::new(creds, 0)?));
+        Ok(CertKeeper {
+            tls_dir: data_dir.join(TLS_DIR),
+            ca_dir: data_dir.join(CA_DIR),
+            current,
+        })
+    }
+
+    /// The certificate now.
+    pub fn current(&self) -> Arc<MasterCert> {
+        self.current.borrow().clone()
+    }
+
+    /// Follows the certificate through renewals.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MasterCert>> {
+        self.current.subscribe()
+    }
+
+    /// Renews if `now` is past the renewal point; returns what the new certificate
+    /// says, or None when nothing was due.
+    pub fn renew_if_due(&self, now: SystemTime) -> Result<Option<CertInfo>, TlsError> {
+        let current = self.current();
+        if !current.info.needs_renewal(now) {
+            return Ok(None);
+        }
+        let ca = ClusterCa::load(&self.ca_dir)?;
+        let key = NodeKey::from_pem(&current.creds.key_pem)?;
+        let issued = ca.sign_csr_at(
+            &key.csr_pem()?,
+            &SignRequest::renewing(&current.info, CERT_TTL),
+            now,
+        )?;
+        let creds = Credentials {
+            ca_pem: current.creds.ca_pem.clone(),
+            cert_pem: issued.cert_pem,
+            key_pem: current.creds.key_pem.clone(),
+        };
+        let next = MasterCert::new(creds, current.generation + 1)?;
+        // On disk first: a restart must not come back with the old certificate.
+        next.creds.save_cert(&self.tls_dir, NODE_FILE_STEM)?;
+        let info = next.info.clone();
+        self.current.send_replace(Arc::new(next));
+        Ok(Some(info))
+    }
+
+    /// Renews whenever due, until `stop`; a failed renewal is retried with backoff
+    /// (30 s doubling to 10 min) and logged, while the old certificate still serves.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut retry = Duration::from_secs(30);
+        loop {
+            let due = self.current().info.renewal_due_at();
+            let wait = due
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tracing::debug!(
+                in_s = wait.as_secs(),
+                "next renewal of this master's certificate"
+            );
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match self.renew_if_due(SystemTime::now()) {
+                Ok(Some(info)) => {
+                    retry = Duration::from_secs(30);
+                    tracing::info!(serial = %info.identity.serial, not_after = ?info.not_after, "this master's certificate renewed");
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(%err, retry_s = retry.as_secs(), "renewing this master's certificate failed");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(Duration::from_secs(600));
+                }
+            }
+        }
+    }
+}
+
+/// How this master dials other masters and agents: plainly (`--insecure`), with a
+/// fixed configuration (one-shot commands), or with its current certificate.
+#[derive(Clone, Default)]
+pub enum DialTls {
+    #[default]
+    Plain,
+    Fixed(ClientTlsConfig),
+    Renewed(watch::Receiver<Arc<MasterCert>>),
+}
+
+impl DialTls {
+    pub fn fixed(tls: Option<ClientTlsConfig>) -> Self {
+        tls.map(DialTls::Fixed).unwrap_or_default()
+    }
+
+    /// The configuration for a new connection and its generation (a cached channel of
+    /// another generation is stale); None: plain HTTP/2.
+    pub fn current(&self) -> Option<(ClientTlsConfig, u64)> {
+        match self {
+            DialTls::Plain => None,
+            DialTls::Fixed(tls) => Some((tls.clone(), 0)),
+            DialTls::Renewed(rx) => {
+                let cert = rx.borrow();
+                Some((cert.client.clone(), cert.generation))
+            }
+        }
+    }
 }
 
 /// Keeps the revocation set equal to the store's `Cluster.revoked_cert_serials`.
@@ -385,5 +538,67 @@ impl Join for JoinService {
         Ok(Response::new(pb::RenewResponse {
             cert_pem: issued.cert_pem,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    #[test]
+    fn a_master_renews_its_certificate_two_thirds_in_with_the_same_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, creds) =
+            init_files(dir.path(), "c1", "master-a", "10.1.2.3:7700").expect("init files");
+        let keeper = CertKeeper::new(dir.path(), creds.clone()).expect("keeper");
+        let mut seen = keeper.subscribe();
+        let first = keeper.current().info.clone();
+        let now = SystemTime::now();
+        assert_eq!(keeper.renew_if_due(now).expect("not due"), None);
+        assert_eq!(keeper.current().generation, 0);
+
+        let later = now + 61 * DAY;
+        let info = keeper
+            .renew_if_due(later)
+            .expect("renewed")
+            .expect("due at 60 of 90 days");
+        assert_ne!(info.identity.serial, first.identity.serial);
+        assert_eq!(info.identity.node_id, "master-a");
+        assert_eq!(info.identity.role, PkiRole::Manager);
+        assert!(
+            info.names.contains(&"10.1.2.3".to_owned()),
+            "{:?}",
+            info.names
+        );
+        assert!(
+            info.not_after >= later + CERT_TTL - DAY,
+            "{:?}",
+            info.not_after
+        );
+        assert!(seen.has_changed().expect("keeper alive"));
+        let published = seen.borrow_and_update().clone();
+        assert_eq!((published.generation, &published.info), (1, &info));
+        // On disk, with the key it had: a restart serves the new certificate.
+        let loaded = Credentials::load(&dir.path().join(TLS_DIR), NODE_FILE_STEM)
+            .expect("the saved certificate matches the kept key");
+        assert_eq!(loaded.key_pem, creds.key_pem);
+        assert_eq!(loaded.info().expect("info"), info);
+        assert_eq!(keeper.renew_if_due(later).expect("not due again"), None);
+    }
+
+    #[test]
+    fn renewal_without_the_ca_fails_and_keeps_the_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, creds) = init_files(dir.path(), "c1", "master-a", "10.1.2.3:7700").expect("init");
+        std::fs::remove_dir_all(dir.path().join(CA_DIR)).expect("drop the CA");
+        let keeper = CertKeeper::new(dir.path(), creds.clone()).expect("keeper");
+        let err = keeper
+            .renew_if_due(SystemTime::now() + 61 * DAY)
+            .expect_err("no CA to sign with");
+        assert!(err.to_string().contains("ca.pem"), "{err}");
+        assert_eq!(keeper.current().creds, creds);
+        assert_eq!(keeper.current().generation, 0);
     }
 }

@@ -1,6 +1,6 @@
 //! mTLS on real masters: a manager joins with its token and raft runs over mTLS; a
 //! client without a certificate, a wrong token, and another cluster's certificate are
-//! refused.
+//! refused; masters renew their own certificates before they expire, while serving.
 
 mod common;
 
@@ -79,22 +79,17 @@ async fn wait_admin(addr: &str, admin: &Path) -> ClusterApiClient<Channel> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_admits_members_and_refuses_strangers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (a1, a2, b1) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let (d1, d2, db) = (
-        dir.path().join("m1"),
-        dir.path().join("m2"),
-        dir.path().join("other"),
-    );
-    let _m1 = spawn(&d1, &a1, &["init"]);
+/// `m1` inits a cluster and `m2` joins it with the manager token; returns once `m2` is
+/// a voter and holds the CA.
+async fn two_masters(
+    d1: &Path,
+    a1: &str,
+    d2: &Path,
+    a2: &str,
+) -> (Kill, Kill, pb::ListTokensResponse) {
+    let m1 = spawn(d1, a1, &["init"]);
     let admin = d1.join("admin");
-    let mut c = wait_admin(&a1, &admin).await;
+    let mut c = wait_admin(a1, &admin).await;
     let tokens = c
         .list_tokens(pb::ListTokensRequest {})
         .await
@@ -104,7 +99,7 @@ async fn mtls_admits_members_and_refuses_strangers() {
     assert_ne!(tokens.manager, tokens.worker);
 
     tracing::info!("--- a master joins with the manager token; raft runs over mTLS");
-    let _m2 = spawn(&d2, &a2, &["join", "--token", &tokens.manager, &a1]);
+    let m2 = spawn(d2, a2, &["join", "--token", &tokens.manager, a1]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let m = c
@@ -129,6 +124,24 @@ async fn mtls_admits_members_and_refuses_strangers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (m1, m2, tokens)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_admits_members_and_refuses_strangers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a1, a2, b1) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (d1, d2, db) = (
+        dir.path().join("m1"),
+        dir.path().join("m2"),
+        dir.path().join("other"),
+    );
+    let (_m1, _m2, tokens) = two_masters(&d1, &a1, &d2, &a2).await;
+    let admin = d1.join("admin");
     // The joined master serves the admin too (and forwards writes to the leader).
     let mut c2 = wait_admin(&a2, &admin).await;
     c2.deploy(pb::DeployRequest {
@@ -192,4 +205,150 @@ async fn mtls_admits_members_and_refuses_strangers() {
             assert_ne!(e.code(), tonic::Code::Ok, "{e:?}");
         }
     }
+}
+
+/// Deploys a project with one network through `c`, retrying for 30 s.
+async fn write_until_ok(c: &mut ClusterApiClient<Channel>, project: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let write = c
+            .deploy(pb::DeployRequest {
+                project: project.into(),
+                networks: vec![pb::NetworkSpec {
+                    name: "n".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await;
+        match write {
+            Ok(_) => return,
+            Err(status) => assert!(
+                Instant::now() < deadline,
+                "no write of {project}: {status:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The certificate a master presents in a fresh TLS handshake.
+fn served_certificate(addr: &str, ca_pem: &str) -> skiff_pki::CertInfo {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    skiff_pki::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM"))
+        .expect("CA into the root store");
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("skiff-master").expect("name");
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("TLS client");
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).expect("TLS handshake");
+    }
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("the master's certificate");
+    skiff_pki::CertInfo::from_der(leaf.as_ref()).expect("certificate")
+}
+
+/// Replaces the certificate in `<dir>/tls` with one for the same key that lives `ttl`.
+fn shorten_certificate(dir: &Path, ttl: Duration) -> skiff_pki::CertInfo {
+    let tls = dir.join("tls");
+    let creds = skiff_pki::Credentials::load(&tls, skiff_pki::NODE_FILE_STEM).expect("creds");
+    let ca = skiff_pki::ClusterCa::load(&dir.join("ca")).expect("the master's CA");
+    let key = skiff_pki::NodeKey::from_pem(&creds.key_pem).expect("key");
+    let info = creds.info().expect("info");
+    let issued = ca
+        .sign_csr(
+            &key.csr_pem().expect("csr"),
+            &skiff_pki::SignRequest::renewing(&info, ttl),
+        )
+        .expect("sign");
+    let short = skiff_pki::Credentials {
+        cert_pem: issued.cert_pem,
+        ..creds
+    };
+    short
+        .save_cert(&tls, skiff_pki::NODE_FILE_STEM)
+        .expect("save");
+    short.info().expect("info")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_renew_their_certificates_before_they_expire() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a1, a2) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (d1, d2) = (dir.path().join("m1"), dir.path().join("m2"));
+    let (m1, m2, _) = two_masters(&d1, &a1, &d2, &a2).await;
+    drop((m1, m2));
+
+    // Certificates backdated by a minute that live 42 s: renewal is due (two thirds
+    // in) ~8 s from now, expiry ~42 s from now.
+    let ttl = Duration::from_secs(42);
+    let short = [shorten_certificate(&d1, ttl), shorten_certificate(&d2, ttl)];
+    let expired_at = Instant::now() + ttl;
+    let m1 = spawn(&d1, &a1, &["run"]);
+    let _m2 = spawn(&d2, &a2, &["run"]);
+    let admin = d1.join("admin");
+    let ca_pem = std::fs::read_to_string(admin.join("ca.pem")).expect("CA");
+    wait_admin(&a1, &admin).await;
+    // Before the renewal: m2 dials m1 (a forwarded write, or replication if m2 leads)
+    // with the short-lived certificate, and keeps that channel.
+    let mut c2 = wait_admin(&a2, &admin).await;
+    write_until_ok(&mut c2, "before-renewal").await;
+
+    tracing::info!("--- both renew while serving, and present the new certificate");
+    for ((addr, dir), old) in [(&a1, &d1), (&a2, &d2)].into_iter().zip(&short) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let renewed = loop {
+            let served = served_certificate(addr, &ca_pem);
+            if served.identity.serial != old.identity.serial {
+                break served;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{addr} still serves its short-lived certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert_eq!(renewed.identity.node_id, old.identity.node_id);
+        assert!(
+            renewed.not_after > std::time::SystemTime::now() + Duration::from_secs(80 * 24 * 3600),
+            "renewed for the full lifetime: {:?}",
+            renewed.not_after
+        );
+        let log = std::fs::read_to_string(dir.with_extension("log")).expect("log");
+        assert!(
+            log.contains("serving with the renewed certificate"),
+            "{addr} renewed in place, not by a restart:\n{log}"
+        );
+    }
+
+    tracing::info!(
+        "--- after the old certificates expired, m1 restarts from disk and both dial anew"
+    );
+    tokio::time::sleep(
+        expired_at.saturating_duration_since(Instant::now()) + Duration::from_secs(1),
+    )
+    .await;
+    drop(m1);
+    let _m1 = spawn(&d1, &a1, &["run"]);
+    // Raft between the two needs fresh handshakes both ways: m1 with the certificate
+    // it saved, m2 with the one it renewed in memory (and saved).
+    let mut c2 = wait_admin(&a2, &admin).await;
+    write_until_ok(&mut c2, "after-renewal").await;
+    let served = served_certificate(&a1, &ca_pem);
+    assert_ne!(served.identity.serial, short[0].identity.serial);
 }

@@ -23,6 +23,7 @@ use super::status;
 use crate::handle::MasterHandle;
 use crate::raft::ProposeError;
 use crate::store::{ApplyError, StoreState};
+use crate::tls::DialTls;
 
 /// Metadata key carrying a client's request id (idempotent retries).
 pub const REQUEST_ID_METADATA: &str = "skiff-request-id";
@@ -140,12 +141,12 @@ impl ClusterService {
             guard,
             token,
             version: env!("CARGO_PKG_VERSION"),
-            agents: Arc::new(super::proxy::AgentDialer::new(None)),
+            agents: Arc::new(super::proxy::AgentDialer::new(DialTls::Plain)),
         }
     }
 
     /// Dials agents (logs, exec) with this TLS client configuration.
-    pub fn with_agent_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+    pub fn with_agent_tls(mut self, tls: DialTls) -> Self {
         self.agents = Arc::new(super::proxy::AgentDialer::new(tls));
         self
     }

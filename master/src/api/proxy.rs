@@ -22,23 +22,26 @@ use skiff_proto::v1::agent_client::AgentClient;
 use skiff_proto::{TaskStateExt, short_id};
 use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::handle::MasterHandle;
 use crate::store::StoreState;
+use crate::tls::DialTls;
 
 /// How long dialing an agent may take before the node counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Channels to agents' APIs, one per node, made lazily and kept.
+/// Channels to agents' APIs, one per node, made lazily and kept (until the node's
+/// address or this master's certificate changes).
 pub struct AgentDialer {
-    tls: Option<ClientTlsConfig>,
-    channels: Mutex<HashMap<String, (String, Channel)>>,
+    tls: DialTls,
+    /// node id → (address, TLS generation, channel)
+    channels: Mutex<HashMap<String, (String, u64, Channel)>>,
 }
 
 impl AgentDialer {
-    /// `tls`: the master's client configuration (None for `--insecure` clusters).
-    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+    /// `tls`: the master's client configuration (plain for `--insecure` clusters).
+    pub fn new(tls: DialTls) -> Self {
         AgentDialer {
             tls,
             channels: Mutex::new(HashMap::new()),
@@ -58,12 +61,15 @@ impl AgentDialer {
                 node_label(node)
             )));
         }
+        let tls = self.tls.current();
+        let generation = tls.as_ref().map_or(0, |(_, g)| *g);
         let mut channels = self
             .channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((known, channel)) = channels.get(&node.id)
+        if let Some((known, made, channel)) = channels.get(&node.id)
             && *known == addr
+            && *made == generation
         {
             return Ok(AgentClient::new(channel.clone()));
         }
@@ -73,11 +79,9 @@ impl AgentDialer {
                 node_label(node)
             ))
         };
-        let endpoint = match &self.tls {
-            Some(tls) => {
-                let tls = tls
-                    .clone()
-                    .domain_name(skiff_pki::node_server_name(&node.id));
+        let endpoint = match tls {
+            Some((tls, _)) => {
+                let tls = tls.domain_name(skiff_pki::node_server_name(&node.id));
                 skiff_pki::endpoint(&addr, tls).map_err(|e| bad(&e))?
             }
             None => Endpoint::from_shared(format!("http://{addr}"))
@@ -86,7 +90,7 @@ impl AgentDialer {
                 .tcp_nodelay(true),
         };
         let channel = endpoint.connect_lazy();
-        channels.insert(node.id.clone(), (addr, channel.clone()));
+        channels.insert(node.id.clone(), (addr, generation, channel.clone()));
         Ok(AgentClient::new(channel))
     }
 }

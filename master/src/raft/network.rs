@@ -21,10 +21,11 @@ use openraft::raft::{
 };
 use skiff_proto::v1 as pb;
 use skiff_proto::v1::raft_transport_client::RaftTransportClient;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use super::{BasicNode, ProposeError, TypeConfig};
 use crate::api::status::{leader_hint, outcome_unknown};
+use crate::tls::DialTls;
 
 /// Snapshot chunk size on the wire.
 const CHUNK: usize = 1 << 20;
@@ -39,8 +40,9 @@ pub struct Network {
 }
 
 struct Inner {
-    channels: Mutex<HashMap<String, Channel>>,
-    tls: Option<ClientTlsConfig>,
+    /// Each channel with the TLS generation it was made with.
+    channels: Mutex<HashMap<String, (u64, Channel)>>,
+    tls: DialTls,
 }
 
 /// A peer address that can't be turned into a channel.
@@ -52,8 +54,8 @@ pub struct AddressError {
 }
 
 impl Network {
-    /// `tls`: client TLS (CA + this master's certificate); `None` = plain HTTP/2.
-    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+    /// `tls`: client TLS (CA + this master's certificate), or plain HTTP/2.
+    pub fn new(tls: DialTls) -> Self {
         Network {
             inner: Arc::new(Inner {
                 channels: Mutex::new(HashMap::new()),
@@ -62,36 +64,37 @@ impl Network {
         }
     }
 
-    /// The cached channel to `addr` (connected lazily, reconnects by itself).
+    /// The cached channel to `addr` (connected lazily, reconnects by itself); made
+    /// anew after this master's certificate was renewed (calls on the old one go on).
     pub fn channel(&self, addr: &str) -> Result<Channel, AddressError> {
+        let tls = self.inner.tls.current();
+        let generation = tls.as_ref().map_or(0, |(_, g)| *g);
         let mut channels = self
             .inner
             .channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(ch) = channels.get(addr) {
+        if let Some((made, ch)) = channels.get(addr)
+            && *made == generation
+        {
             return Ok(ch.clone());
         }
         let err = |err| AddressError {
             addr: addr.to_owned(),
             err,
         };
-        let scheme = if self.inner.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(err)?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        if let Some(tls) = &self.inner.tls {
-            ep = ep.tls_config(tls.clone()).map_err(err)?;
+        if let Some((tls, _)) = tls {
+            ep = ep.tls_config(tls).map_err(err)?;
         }
         let ch = ep.connect_lazy();
-        channels.insert(addr.to_owned(), ch.clone());
+        channels.insert(addr.to_owned(), (generation, ch.clone()));
         Ok(ch)
     }
 
