@@ -178,6 +178,33 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, prog)`: installs a classic-BPF filter on the
+/// calling thread. Needs no_new_privs or CAP_SYS_ADMIN; sets neither.
+pub fn seccomp_set_filter(prog: &[(u16, u8, u8, u32)]) -> io::Result<()> {
+    let mut insns: Vec<libc::sock_filter> = prog
+        .iter()
+        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+        filter: insns.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `insns`, alive for the call; the kernel copies the
+    // program and keeps no pointer into it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `capset(2)` with `_LINUX_CAPABILITY_VERSION_3` (64-bit sets).
 pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
     #[repr(C)]

@@ -27,7 +27,7 @@ async fn capeff_is_dockers_default_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seccomp_refuses_unshare_with_eperm() {
+async fn seccomp_refuses_unshare_with_eperm_and_leaves_no_new_privs_off() {
     let fx = Fixture::new();
     let o = Fixture::opts(&[
         "sh",
@@ -40,6 +40,13 @@ async fn seccomp_refuses_unshare_with_eperm() {
         out.contains("rc=1\nrc=1") || out.matches("rc=").count() == 2 && !out.contains("rc=0"),
         "{out}"
     );
+
+    // The filter is on, and no_new_privs was not asked for: it stays off (setuid
+    // binaries in the image keep working, as under Docker).
+    let o = Fixture::opts(&["grep", "-E", "^(Seccomp|NoNewPrivs):", "/proc/self/status"]);
+    let (_, out) = fx.run("seccomp-nnp", &o).await;
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
 
     let mut o = Fixture::opts(&["sh", "-c", "unshare -u true; echo rc=$?"]);
     o.cap_add = vec!["SYS_ADMIN".into()];

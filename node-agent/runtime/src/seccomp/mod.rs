@@ -1,14 +1,9 @@
 //! Seccomp: Docker's default profile (`docker`), and a compiler from any OCI
-//! `LinuxSeccomp` to BPF with seccompiler (pure Rust), cached in memory so a profile is
-//! compiled once per runtime, not once per container.
-//!
-//! seccompiler gives one filter a single match action. An OCI profile is split into one
-//! filter per distinct action: the allow-list filter falls back to the profile's default
-//! action, every other filter (e.g. `clone3` → ENOSYS) falls back to allow. The kernel
-//! runs all installed filters and keeps the most restrictive action; between equally
-//! restrictive ones (two ERRNOs) the filter installed last wins, so the specific filters
-//! are installed after the allow-list.
+//! `LinuxSeccomp` to one compact BPF program (`bpf`), cached in memory so a profile is
+//! compiled once per runtime, not once per container. The shim installs the program as
+//! it is (`CompiledFilters::install`).
 
+pub mod bpf;
 pub mod docker;
 mod x86_64;
 
@@ -16,60 +11,39 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
 use serde::{Deserialize, Serialize};
+
+use bpf::{Action, BpfError, Check, Op, Profile, Rule};
 
 /// Why a profile could not be compiled or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     #[error("seccomp action {action:?} is not supported")]
     UnsupportedAction { action: LinuxSeccompAction },
-    #[error("seccomp rule for {syscall}: {err}")]
-    Rule {
-        syscall: String,
-        #[source]
-        err: seccompiler::BackendError,
-    },
-    #[error("seccomp filter with action {action}: {err}")]
-    Filter {
-        action: String,
-        #[source]
-        err: seccompiler::BackendError,
-    },
-    #[error("installing seccomp filter: {err}")]
-    Install {
-        #[source]
-        err: seccompiler::Error,
-    },
+    #[error("seccomp rule for {syscall}: argument index {index} (seccomp sees 0 to 5)")]
+    ArgIndex { syscall: String, index: usize },
+    #[error("seccomp profile: {0}")]
+    Program(#[from] BpfError),
+    #[error("installing the seccomp filter ({len} instructions): {err}")]
+    Install { len: usize, err: std::io::Error },
     #[error("seccomp is only implemented for x86_64")]
     Arch,
 }
 
-/// Compiled BPF filters, in installation order, in a form that crosses to the shim.
+/// Compiled BPF filters, in installation order, in a form that crosses to the shim
+/// (`(code, jt, jf, k)`; one program for profiles compiled here).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompiledFilters(pub Vec<Vec<(u16, u8, u8, u32)>>);
 
 impl CompiledFilters {
-    fn from_programs(progs: Vec<BpfProgram>) -> Self {
-        CompiledFilters(
-            progs
-                .into_iter()
-                .map(|p| p.into_iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect())
-                .collect(),
-        )
-    }
-
-    /// Installs every filter on the calling thread. Needs no_new_privs or CAP_SYS_ADMIN.
+    /// Installs every filter on the calling thread. Needs no_new_privs or CAP_SYS_ADMIN;
+    /// sets neither (no_new_privs is the spec's to ask for).
     pub fn install(&self) -> Result<(), SeccompError> {
         for prog in &self.0 {
-            let bpf: BpfProgram = prog
-                .iter()
-                .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
-                .collect();
-            seccompiler::apply_filter(&bpf).map_err(|err| SeccompError::Install { err })?;
+            crate::sys::seccomp_set_filter(prog).map_err(|err| SeccompError::Install {
+                len: prog.len(),
+                err,
+            })?;
         }
         Ok(())
     }
@@ -107,136 +81,84 @@ impl FilterCache {
     }
 }
 
-fn syscall_number(name: &str) -> Option<i64> {
+fn syscall_number(name: &str) -> Option<u32> {
     x86_64::SYSCALLS
         .binary_search_by(|(n, _)| (*n).cmp(name))
         .ok()
         .map(|i| x86_64::SYSCALLS[i].1)
 }
 
-fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction, SeccompError> {
+fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<Action, SeccompError> {
+    // The kernel keeps 16 bits of an errno or trace value.
+    let low = |v: Option<u32>, default: u32| (v.unwrap_or(default) & 0xffff) as u16;
     Ok(match a {
-        LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
-        LinuxSeccompAction::ScmpActErrno => {
-            SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32))
-        }
+        LinuxSeccompAction::ScmpActAllow => Action::Allow,
+        LinuxSeccompAction::ScmpActErrno => Action::Errno(low(errno, libc::EPERM as u32)),
         LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
-            SeccompAction::KillThread
+            Action::KillThread
         }
-        LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
-        LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
-        LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
-        LinuxSeccompAction::ScmpActTrace => SeccompAction::Trace(errno.unwrap_or(0)),
+        LinuxSeccompAction::ScmpActKillProcess => Action::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => Action::Trap,
+        LinuxSeccompAction::ScmpActLog => Action::Log,
+        LinuxSeccompAction::ScmpActTrace => Action::Trace(low(errno, 0)),
         other @ LinuxSeccompAction::ScmpActNotify => {
             return Err(SeccompError::UnsupportedAction { action: other });
         }
     })
 }
 
-/// Rules of one action: syscall → conditional rules, None when unconditional.
-type Group = (SeccompAction, BTreeMap<i64, Option<Vec<SeccompRule>>>);
-
-fn action_key(a: &SeccompAction) -> String {
-    format!("{a:?}")
-}
-
-/// Compiles an OCI profile. Syscall names unknown on x86_64 (`chown32`, `_llseek`, ...)
-/// are skipped, as libseccomp does for names of other architectures.
-pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledFilters, SeccompError> {
-    if !cfg!(target_arch = "x86_64") {
-        return Err(SeccompError::Arch);
-    }
-    let default = action(profile.default_action(), profile.default_errno_ret())?;
-    // action → syscall → rules (empty = unconditional)
-    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    for sc in profile.syscalls().iter().flatten() {
+/// An OCI profile in numbers. Syscall names unknown on x86_64 (`chown32`, `_llseek`,
+/// ...) are skipped, as libseccomp does for names of other architectures; rules with
+/// the default action are dropped (as runc does: they decide nothing).
+pub fn profile(oci: &LinuxSeccomp) -> Result<Profile, SeccompError> {
+    let default = action(oci.default_action(), oci.default_errno_ret())?;
+    let mut rules: BTreeMap<u32, Vec<Rule>> = BTreeMap::new();
+    for sc in oci.syscalls().iter().flatten() {
         let act = action(sc.action(), sc.errno_ret())?;
         if act == default {
             continue;
         }
-        let conditions = sc
-            .args()
-            .iter()
-            .flatten()
-            .map(|a| {
-                let op = match a.op() {
-                    LinuxSeccompOperator::ScmpCmpNe => SeccompCmpOp::Ne,
-                    LinuxSeccompOperator::ScmpCmpLt => SeccompCmpOp::Lt,
-                    LinuxSeccompOperator::ScmpCmpLe => SeccompCmpOp::Le,
-                    LinuxSeccompOperator::ScmpCmpEq => SeccompCmpOp::Eq,
-                    LinuxSeccompOperator::ScmpCmpGe => SeccompCmpOp::Ge,
-                    LinuxSeccompOperator::ScmpCmpGt => SeccompCmpOp::Gt,
-                    LinuxSeccompOperator::ScmpCmpMaskedEq => SeccompCmpOp::MaskedEq(a.value()),
-                };
-                let value = match a.op() {
-                    LinuxSeccompOperator::ScmpCmpMaskedEq => a.value_two().unwrap_or(0),
-                    _ => a.value(),
-                };
-                (a.index() as u8, op, value)
-            })
-            .collect::<Vec<_>>();
-        let entry = groups
-            .entry(action_key(&act))
-            .or_insert_with(|| (act.clone(), BTreeMap::new()));
-        for name in sc.names() {
-            let Some(nr) = syscall_number(name) else {
-                continue;
-            };
-            let slot = entry.1.entry(nr).or_insert_with(|| Some(Vec::new()));
-            if conditions.is_empty() {
-                // An unconditional match makes any conditional rule moot.
-                *slot = None;
-                continue;
-            }
-            let Some(rules) = slot else { continue };
-            let conds = conditions
-                .iter()
-                .map(|(i, op, v)| {
-                    SeccompCondition::new(*i, SeccompCmpArgLen::Qword, op.clone(), *v)
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| SeccompError::Rule {
-                    syscall: name.clone(),
-                    err,
+        let mut checks = Vec::new();
+        for a in sc.args().iter().flatten() {
+            let index = u8::try_from(a.index())
+                .ok()
+                .filter(|i| *i <= 5)
+                .ok_or_else(|| SeccompError::ArgIndex {
+                    syscall: sc.names().join(","),
+                    index: a.index(),
                 })?;
-            rules.push(SeccompRule::new(conds).map_err(|err| SeccompError::Rule {
-                syscall: name.clone(),
-                err,
-            })?);
+            let (op, value) = match a.op() {
+                LinuxSeccompOperator::ScmpCmpNe => (Op::Ne, a.value()),
+                LinuxSeccompOperator::ScmpCmpLt => (Op::Lt, a.value()),
+                LinuxSeccompOperator::ScmpCmpLe => (Op::Le, a.value()),
+                LinuxSeccompOperator::ScmpCmpEq => (Op::Eq, a.value()),
+                LinuxSeccompOperator::ScmpCmpGe => (Op::Ge, a.value()),
+                LinuxSeccompOperator::ScmpCmpGt => (Op::Gt, a.value()),
+                // OCI: `value` is the mask, `valueTwo` what the masked argument equals.
+                LinuxSeccompOperator::ScmpCmpMaskedEq => {
+                    (Op::MaskedEq(a.value()), a.value_two().unwrap_or(0))
+                }
+            };
+            checks.push(Check { index, op, value });
+        }
+        for name in sc.names() {
+            if let Some(nr) = syscall_number(name) {
+                rules.entry(nr).or_default().push(Rule {
+                    action: act,
+                    checks: checks.clone(),
+                });
+            }
         }
     }
-    let arch = TargetArch::x86_64;
-    let mut programs = Vec::new();
-    // The allow-list first (falls back to the default), then the specific actions.
-    let allow_key = action_key(&SeccompAction::Allow);
-    let mut ordered: Vec<(String, Group)> = Vec::new();
-    if let Some(allow) = groups.remove(&allow_key) {
-        ordered.push((allow_key, allow));
-    } else if default != SeccompAction::Allow {
-        ordered.push((allow_key, (SeccompAction::Allow, BTreeMap::new())));
+    Ok(Profile { default, rules })
+}
+
+/// Compiles an OCI profile into one program.
+pub fn compile(oci: &LinuxSeccomp) -> Result<CompiledFilters, SeccompError> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(SeccompError::Arch);
     }
-    ordered.extend(groups);
-    for (key, (act, rules)) in ordered {
-        let mismatch = if act == SeccompAction::Allow {
-            default.clone()
-        } else {
-            SeccompAction::Allow
-        };
-        let rules: BTreeMap<i64, Vec<SeccompRule>> = rules
-            .into_iter()
-            .map(|(nr, r)| (nr, r.unwrap_or_default()))
-            .collect();
-        let filter =
-            SeccompFilter::new(rules, mismatch, act, arch).map_err(|err| SeccompError::Filter {
-                action: key.clone(),
-                err,
-            })?;
-        let prog: BpfProgram = filter
-            .try_into()
-            .map_err(|err| SeccompError::Filter { action: key, err })?;
-        programs.push(prog);
-    }
-    Ok(CompiledFilters::from_programs(programs))
+    Ok(CompiledFilters(vec![profile(oci)?.assemble()?]))
 }
 
 #[cfg(test)]
@@ -252,15 +174,48 @@ mod tests {
     }
 
     #[test]
-    fn docker_profile_compiles_into_allow_list_and_clone3_enosys() {
+    fn docker_profile_compiles_into_one_short_program_that_does_what_it_says() {
+        use bpf::tests::run;
         let caps: Vec<String> = crate::spec::DEFAULT_CAPS
             .iter()
             .map(|c| c.to_string())
             .collect();
-        let profile = docker::default_profile(&caps);
-        let compiled = compile(&profile).expect("compile");
-        assert_eq!(compiled.0.len(), 2, "allow-list + errno(ENOSYS) for clone3");
-        assert!(compiled.0.iter().all(|p| p.len() < 4096), "BPF_MAXINSNS");
+        let oci = docker::default_profile(&caps);
+        let compiled = compile(&oci).expect("compile");
+        assert_eq!(compiled.0.len(), 1);
+        let prog = &compiled.0[0];
+        // seccompiler's linear list was 1,546 instructions.
+        eprintln!("docker profile: {} instructions", prog.len());
+        assert!(prog.len() < 200, "{} instructions", prog.len());
+        let len = bpf::tests::assert_program_matches(&profile(&oci).expect("profile"));
+        assert_eq!(len, prog.len());
+        let nr = |n: &str| syscall_number(n).expect(n);
+        let arch = bpf::AUDIT_ARCH_X86_64;
+        let allow = Action::Allow.ret();
+        let eperm = Action::Errno(libc::EPERM as u16).ret();
+        assert_eq!(run(prog, arch, nr("read"), &[0; 6]), allow);
+        assert_eq!(run(prog, arch, nr("unshare"), &[0; 6]), eperm);
+        assert_eq!(run(prog, arch, nr("mount"), &[0; 6]), eperm);
+        assert_eq!(
+            run(prog, arch, nr("clone3"), &[0; 6]),
+            Action::Errno(libc::ENOSYS as u16).ret()
+        );
+        let sigchld = [libc::SIGCHLD as u64, 0, 0, 0, 0, 0];
+        assert_eq!(run(prog, arch, nr("clone"), &sigchld), allow);
+        let newns = [
+            libc::CLONE_NEWNS as u64 | libc::SIGCHLD as u64,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        assert_eq!(run(prog, arch, nr("clone"), &newns), eperm);
+        let vsock = [40, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        assert_eq!(run(prog, arch, nr("socket"), &vsock), eperm);
+        let inet = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        assert_eq!(run(prog, arch, nr("socket"), &inet), allow);
+        assert_eq!(run(prog, arch, bpf::X32_BIT | nr("read"), &[0; 6]), eperm);
     }
 
     #[test]
@@ -275,6 +230,28 @@ mod tests {
             .collect();
         assert!(names.iter().any(|n| *n == "unshare"));
         assert_eq!(compile(&profile).expect("compile").0.len(), 1);
+        bpf::tests::assert_program_matches(&super::profile(&profile).expect("profile"));
+    }
+
+    #[test]
+    fn an_argument_beyond_the_sixth_is_refused_naming_the_syscall() {
+        let mut oci = docker::default_profile(&[]);
+        let mut rules = oci.syscalls().clone().unwrap_or_default();
+        let mut bad = rules[0].clone();
+        bad.set_names(vec!["openat".into()]);
+        bad.set_args(Some(vec![
+            oci_spec::runtime::LinuxSeccompArgBuilder::default()
+                .index(6usize)
+                .op(LinuxSeccompOperator::ScmpCmpEq)
+                .value(1u64)
+                .build()
+                .expect("arg"),
+        ]));
+        rules.push(bad);
+        oci.set_syscalls(Some(rules));
+        let err = compile(&oci).expect_err("index 6");
+        assert!(err.to_string().contains("openat"), "{err}");
+        assert!(err.to_string().contains("index 6"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! x86_64 system call numbers by name, for compiling OCI seccomp profiles (which name
 //! syscalls). Generated from libc's `gnu/b64/x86_64/not_x32.rs`; sorted for binary search.
 
-pub(super) const SYSCALLS: &[(&str, i64)] = &[
+pub(super) const SYSCALLS: &[(&str, u32)] = &[
     ("_sysctl", 156),
     ("accept", 43),
     ("accept4", 288),
