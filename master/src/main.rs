@@ -67,6 +67,20 @@ enum Command {
     },
     /// Print the settings this master would run with (flags, environment and file merged).
     ShowConfig,
+    /// Issue a new admin certificate for skiffctl with the CA this master holds (any
+    /// master, running or not): to renew the one made at init before it expires (a
+    /// year), or to get one on another master's machine.
+    AdminCert {
+        /// Directory to write ca.pem, admin.pem and admin-key.pem (0600) into.
+        #[arg(long)]
+        out: PathBuf,
+        /// The certificate's name (one DNS label), seen in the masters' logs.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -283,6 +297,24 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                         )
                     })?;
             println!("{report}");
+            Ok(())
+        }
+        Command::AdminCert { out, name, days } => {
+            let ttl = std::time::Duration::from_secs(u64::from(days) * 24 * 3600);
+            let info = tls::issue_admin_cert(&settings.data_dir, &out, &name, ttl)?;
+            let days_left = info
+                .not_after
+                .duration_since(std::time::SystemTime::now())
+                .map_or(0, |d| d.as_secs() / (24 * 3600));
+            println!(
+                "admin certificate {name} (serial {}) in {}, valid for {days_left} days (skiffctl context add NAME --master {} --ca {} --cert {} --key {})",
+                info.identity.serial,
+                out.display(),
+                settings.advertise,
+                out.join("ca.pem").display(),
+                out.join("admin.pem").display(),
+                out.join("admin-key.pem").display()
+            );
             Ok(())
         }
         Command::ShowConfig => {

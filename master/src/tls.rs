@@ -68,6 +68,10 @@ pub enum TlsError {
     },
     #[error("this master's certificate: {0}")]
     Cert(#[from] skiff_pki::CertError),
+    #[error(
+        "no cluster CA in {dir} (a master made with --insecure, or a data dir that is not a master's)"
+    )]
+    NoCa { dir: PathBuf },
 }
 
 fn role_of(r: PkiRole) -> Role {
@@ -126,6 +130,23 @@ pub fn init_files(
     creds.save(&data_dir.join(TLS_DIR), NODE_FILE_STEM)?;
     ca.issue_admin(&data_dir.join(ADMIN_DIR), "admin", ADMIN_TTL)?;
     Ok((ca, creds))
+}
+
+/// A new admin certificate named `name` for skiffctl, signed with the CA in `data_dir`,
+/// written to `out`.
+pub fn issue_admin_cert(
+    data_dir: &Path,
+    out: &Path,
+    name: &str,
+    ttl: Duration,
+) -> Result<CertInfo, TlsError> {
+    let ca_dir = data_dir.join(CA_DIR);
+    if !ca_dir.join(skiff_pki::CA_KEY_FILE).exists() {
+        return Err(TlsError::NoCa { dir: ca_dir });
+    }
+    let ca = ClusterCa::load(&ca_dir)?;
+    let (creds, _) = ca.issue_admin(out, name, ttl)?;
+    Ok(creds.info()?)
 }
 
 /// `join`: a key here, a certificate from a master that checks the token, the CA

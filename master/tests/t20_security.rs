@@ -1,6 +1,7 @@
 //! mTLS on real masters: a manager joins with its token and raft runs over mTLS; a
 //! client without a certificate, a wrong token, and another cluster's certificate are
-//! refused; masters renew their own certificates before they expire, while serving.
+//! refused; masters renew their own certificates before they expire, while serving;
+//! any master issues admin certificates for skiffctl.
 
 mod common;
 
@@ -154,6 +155,48 @@ async fn mtls_admits_members_and_refuses_strangers() {
     })
     .await
     .expect("write through the joined master");
+
+    tracing::info!("--- an admin certificate issued on the joined master's machine");
+    let adm2 = dir.path().join("adm2");
+    let out = Command::new(BIN)
+        .args(["--data-dir", &d2.display().to_string()])
+        .args([
+            "admin-cert",
+            "--out",
+            &adm2.display().to_string(),
+            "--name",
+            "ops",
+        ])
+        .output()
+        .expect("run admin-cert");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("valid for 36"), "a year: {text}");
+    let mut ops = wait_admin(&a2, &adm2).await;
+    ops.list_masters(pb::ListMastersRequest {})
+        .await
+        .expect("the new admin certificate is accepted");
+    let out = Command::new(BIN)
+        .args([
+            "--data-dir",
+            &dir.path().join("nothing").display().to_string(),
+        ])
+        .args([
+            "admin-cert",
+            "--out",
+            &dir.path().join("x").display().to_string(),
+        ])
+        .output()
+        .expect("run admin-cert");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no cluster CA"),
+        "{err}"
+    );
 
     tracing::info!("--- no client certificate");
     let mut anon = connect(&a1, tls(&admin, false))
