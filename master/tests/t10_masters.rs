@@ -62,6 +62,49 @@ async fn a_new_leader_serves_writes_within_two_seconds_of_a_leader_kill() {
     }
 }
 
+/// The term the leader at `addr` reports (0 if it does not answer as leader).
+async fn leader_term(addr: &str) -> u64 {
+    match client(addr).await {
+        Ok(mut c) => c
+            .cluster_info(pb::ClusterInfoRequest {})
+            .await
+            .map(|i| i.into_inner())
+            .ok()
+            .filter(|i| i.leader_addr == addr)
+            .map_or(0, |i| i.term),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restarted_at_once_stands_for_election_instead_of_resuming() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    deploy(&cluster.masters[0].addr).await;
+    let leader = cluster.leader().await;
+    let addr = cluster.masters[leader].addr.clone();
+    let before = leader_term(&addr).await;
+    assert!(before > 0, "the leader reports its term");
+    // Back well inside the followers' election timeout: resuming its old term would
+    // be possible, and is what loses writes (see docs/masters.md).
+    cluster.masters[leader].kill();
+    cluster.masters[leader].spawn(&["run"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (now, after) = loop {
+        let now = cluster.leader().await;
+        let term = leader_term(&cluster.masters[now].addr).await;
+        if term > 0 || Instant::now() > deadline {
+            break (now, term);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        after > before,
+        "leader {now} in term {after}, was {before}: a restarted leader resumed its term\n{}",
+        cluster.dump()
+    );
+    update_until_acked(&cluster.addrs(), 1, "restart").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_leader_kills_under_load_lose_no_write_and_apply_none_twice() {
     let cluster = Arc::new(Mutex::new(Cluster::start(3, &[]).await));
@@ -163,8 +206,9 @@ async fn twenty_leader_kills_under_load_lose_no_write_and_apply_none_twice() {
     assert_eq!(
         svc.spec_version,
         base + acked,
-        "acknowledged {acked} updates after version {base}, store has spec_version {}",
-        svc.spec_version
+        "acknowledged {acked} updates after version {base}, store has spec_version {}; logs:\n{}",
+        svc.spec_version,
+        cluster.lock().expect("lock").dump()
     );
     assert_eq!(
         svc.spec.and_then(|s| s.labels.get("seq").cloned()),
