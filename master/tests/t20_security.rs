@@ -250,8 +250,9 @@ async fn mtls_admits_members_and_refuses_strangers() {
     }
 }
 
-/// Deploys a project with one network through `c`, retrying for 30 s.
-async fn write_until_ok(c: &mut ClusterApiClient<Channel>, project: &str) {
+/// Deploys a project with one network through `c`, retrying for 30 s; on failure the
+/// message carries the logs of the masters in `dirs`.
+async fn write_until_ok(c: &mut ClusterApiClient<Channel>, project: &str, dirs: &[&Path]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let write = c
@@ -268,7 +269,14 @@ async fn write_until_ok(c: &mut ClusterApiClient<Channel>, project: &str) {
             Ok(_) => return,
             Err(status) => assert!(
                 Instant::now() < deadline,
-                "no write of {project}: {status:?}"
+                "no write of {project}: {status:?}\n{}",
+                dirs.iter()
+                    .map(|d| {
+                        let log =
+                            std::fs::read_to_string(d.with_extension("log")).unwrap_or_default();
+                        format!("--- {}\n{log}", d.display())
+                    })
+                    .collect::<String>()
             ),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -343,14 +351,14 @@ async fn masters_renew_their_certificates_before_they_expire() {
     let short = [shorten_certificate(&d1, ttl), shorten_certificate(&d2, ttl)];
     let expired_at = Instant::now() + ttl;
     let m1 = spawn(&d1, &a1, &["run"]);
-    let _m2 = spawn(&d2, &a2, &["run"]);
+    let m2 = spawn(&d2, &a2, &["run"]);
     let admin = d1.join("admin");
     let ca_pem = std::fs::read_to_string(admin.join("ca.pem")).expect("CA");
     wait_admin(&a1, &admin).await;
     // Before the renewal: m2 dials m1 (a forwarded write, or replication if m2 leads)
     // with the short-lived certificate, and keeps that channel.
     let mut c2 = wait_admin(&a2, &admin).await;
-    write_until_ok(&mut c2, "before-renewal").await;
+    write_until_ok(&mut c2, "before-renewal", &[&d1, &d2]).await;
 
     tracing::info!("--- both renew while serving, and present the new certificate");
     for ((addr, dir), old) in [(&a1, &d1), (&a2, &d2)].into_iter().zip(&short) {
@@ -379,19 +387,37 @@ async fn masters_renew_their_certificates_before_they_expire() {
         );
     }
 
-    tracing::info!(
-        "--- after the old certificates expired, m1 restarts from disk and both dial anew"
-    );
+    tracing::info!("--- after the old certificates expired, each restarts from disk in turn");
     tokio::time::sleep(
         expired_at.saturating_duration_since(Instant::now()) + Duration::from_secs(1),
     )
     .await;
-    drop(m1);
-    let _m1 = spawn(&d1, &a1, &["run"]);
-    // Raft between the two needs fresh handshakes both ways: m1 with the certificate
-    // it saved, m2 with the one it renewed in memory (and saved).
-    let mut c2 = wait_admin(&a2, &admin).await;
-    write_until_ok(&mut c2, "after-renewal").await;
+    // The follower first: the leader, which has replicated to it since before its
+    // renewal, must redial it with the new certificate. Then the leader: an election
+    // with fresh handshakes both ways. Each with the certificate it saved.
+    let mut masters = [
+        (d1.clone(), a1.clone(), Some(m1)),
+        (d2.clone(), a2.clone(), Some(m2)),
+    ];
+    let mut c = wait_admin(&a1, &admin).await;
+    let leader = c
+        .cluster_info(pb::ClusterInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner()
+        .leader_addr;
+    let first = masters
+        .iter()
+        .position(|(_, a, _)| *a != leader)
+        .unwrap_or(0);
+    for (round, i) in [first, 1 - first].into_iter().enumerate() {
+        let (dir, addr, proc) = &mut masters[i];
+        drop(proc.take());
+        *proc = Some(spawn(dir, addr, &["run"]));
+        let other = &masters[1 - i].1;
+        let mut c = wait_admin(other, &admin).await;
+        write_until_ok(&mut c, &format!("after-renewal-{round}"), &[&d1, &d2]).await;
+    }
     let served = served_certificate(&a1, &ca_pem);
     assert_ne!(served.identity.serial, short[0].identity.serial);
 }

@@ -164,18 +164,20 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
         Peer {
-            client: self
-                .channel(&node.addr)
-                .map(|ch| RaftTransportClient::new(ch).max_decoding_message_size(256 << 20))
-                .map_err(|e| e.to_string()),
+            network: self.clone(),
+            addr: node.addr.clone(),
             target,
         }
     }
 }
 
-/// One peer, as openraft sees it.
+/// One peer, as openraft sees it. openraft keeps a peer for as long as it replicates
+/// to it, so the channel is looked up for every call: after this master's certificate
+/// is renewed, new calls go out with the new one (a channel made before would redial a
+/// restarted peer with the old, perhaps expired, certificate).
 pub struct Peer {
-    client: Result<RaftTransportClient<Channel>, String>,
+    network: Network,
+    addr: String,
     target: u64,
 }
 
@@ -211,12 +213,15 @@ fn stream_answer_deadline(option: &RPCOption) -> Duration {
 
 impl Peer {
     fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
-        self.client.clone().map_err(|e| {
-            RPCError::Unreachable(Unreachable::from_string(format!(
-                "master {}: {e}",
-                self.target
-            )))
-        })
+        self.network
+            .channel(&self.addr)
+            .map(|ch| RaftTransportClient::new(ch).max_decoding_message_size(256 << 20))
+            .map_err(|e| {
+                RPCError::Unreachable(Unreachable::from_string(format!(
+                    "master {}: {e}",
+                    self.target
+                )))
+            })
     }
 
     /// One unary RPC: `msg` postcard-encoded with openraft's deadline, the answer
