@@ -6,8 +6,8 @@
 //! Why not a linear list (one compare per syscall, what seccompiler emits): the kernel
 //! converts, JIT-compiles and, to fill its per-syscall action cache, *runs* the filter for
 //! every syscall number at install time, in every container. For Docker's profile that
-//! was 1,546 instructions and ~9 % of the CPU of a 100-container deploy; this program is
-//! ~100 instructions.
+//! was 1,546 instructions and `seccomp()` 20 % of the shims' CPU in a 100-container deploy;
+//! this program is 172 (and `seccomp()` 4 %).
 //!
 //! Semantics (as the kernel gives for several filters, and runc for one profile):
 //! a call gets the most restrictive action among the rules that match it (all of a rule's
