@@ -27,6 +27,7 @@ pub mod cgroup;
 mod child;
 pub mod config;
 pub mod error;
+mod init_layer;
 pub mod process;
 mod rootfs;
 pub mod runtime;

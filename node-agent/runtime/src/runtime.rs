@@ -17,8 +17,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::cgroup::{Cgroup, Layout, Stats};
-use crate::config::{ContainerId, CreateOptions, RuntimeConfig};
+use crate::config::{ContainerId, CreateOptions, Rootfs, RuntimeConfig};
 use crate::error::RuntimeError;
+use crate::init_layer::{InitLayers, Points};
 use crate::seccomp::FilterCache;
 use crate::shim::exec::ExecRequest;
 use crate::shim::log::{self, LogEntry};
@@ -41,6 +42,7 @@ struct Inner {
     cfg: RuntimeConfig,
     layout: Layout,
     filters: FilterCache,
+    init_layers: InitLayers,
     exec_seq: AtomicU64,
 }
 
@@ -120,10 +122,11 @@ impl Runtime {
             .map_err(|e| RuntimeError::io("create state dir", &cfg.state_dir, e))?;
         Ok(Runtime {
             inner: Arc::new(Inner {
-                cfg,
                 layout,
                 filters: FilterCache::default(),
+                init_layers: InitLayers::new(&cfg.state_dir),
                 exec_seq: AtomicU64::new(0),
+                cfg,
             }),
         })
     }
@@ -162,6 +165,31 @@ impl Runtime {
         result
     }
 
+    /// `rootfs` with the init layer of `spec`'s mount points on top of its image
+    /// layers (init_layer.rs). An init layer that cannot be made is left out: the
+    /// container then creates its mount points in its writable layer, as without one.
+    fn with_init_layer(&self, spec: &Spec, rootfs: Rootfs) -> Rootfs {
+        let Rootfs::Overlay {
+            mut lowers,
+            upper,
+            work,
+        } = rootfs
+        else {
+            return rootfs;
+        };
+        let points = Points::of(spec, &lowers);
+        if !points.is_empty()
+            && let Ok(dir) = self.inner.init_layers.get(&points)
+        {
+            lowers.push(dir);
+        }
+        Rootfs::Overlay {
+            lowers,
+            upper,
+            work,
+        }
+    }
+
     async fn create_in(
         &self,
         id: &ContainerId,
@@ -180,11 +208,12 @@ impl Runtime {
             Some(profile) => Some((*self.inner.filters.get(profile)?).clone()),
             None => None,
         };
+        let rootfs = self.with_init_layer(&spec, opts.rootfs);
         let cfg = ShimConfig {
             id: id.to_string(),
             dir: dir.into(),
             spec,
-            rootfs: opts.rootfs,
+            rootfs,
             layout: self.inner.layout.clone(),
             cgroup: self.cgroup_rel(id),
             log_max_bytes: self.inner.cfg.log_max_bytes,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -160,6 +161,100 @@ async fn overlay_root_writes_go_to_the_upper_dir() {
         "whiteout only in upper"
     );
     fx.rt.delete(&id, false).await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_points_come_from_a_shared_init_layer_not_the_upper_dir() {
+    let fx = Fixture::new();
+    // The image's top layer has its own /etc (mode 0750) and no /proc, /sys or /dev.
+    let top = fx.tmp.path().join("layer2");
+    std::fs::create_dir_all(top.join("etc")).expect("layer2");
+    std::fs::write(top.join("etc/motd"), "from layer 2\n").expect("motd");
+    std::fs::set_permissions(top.join("etc"), std::fs::Permissions::from_mode(0o750))
+        .expect("chmod");
+    let bare = fx.tmp.path().join("bare");
+    std::fs::create_dir_all(bare.join("bin")).expect("bare");
+    std::fs::copy(fx.rootfs.join("bin/busybox"), bare.join("bin/busybox")).expect("copy");
+    for applet in ["sh", "cat", "stat", "ls", "echo"] {
+        std::os::unix::fs::symlink("busybox", bare.join("bin").join(applet)).expect("link");
+    }
+    let mut uppers = Vec::new();
+    for name in ["init-a", "init-b"] {
+        let upper = fx.tmp.path().join(name).join("upper");
+        let work = fx.tmp.path().join(name).join("work");
+        std::fs::create_dir_all(&upper).expect("upper");
+        std::fs::create_dir_all(&work).expect("work");
+        let id = ContainerId::new(name).expect("id");
+        let spec = docker_spec(&Fixture::opts(&[
+            "sh",
+            "-c",
+            "cat /etc/hostname /etc/motd; stat -c %a /etc; ls -d /proc/self /dev/null; echo x > /etc/new",
+        ]));
+        fx.rt
+            .create(
+                &id,
+                CreateOptions {
+                    spec,
+                    rootfs: Rootfs::Overlay {
+                        lowers: vec![bare.clone(), top.clone()],
+                        upper: upper.clone(),
+                        work,
+                    },
+                    etc: EtcFiles {
+                        hosts: Some("127.0.0.1 localhost\n".into()),
+                        hostname: Some(format!("{name}\n")),
+                        resolv_conf: Some("nameserver 10.0.0.2\n".into()),
+                    },
+                },
+            )
+            .await
+            .expect("create");
+        fx.rt.start(&id).await.expect("start");
+        let exit = fx.rt.wait(&id).await.expect("wait");
+        let out = fx.log_text(&id).await;
+        assert_eq!(exit.code, 0, "{out}");
+        assert_eq!(
+            out,
+            format!("{name}\nfrom layer 2\n750\n/dev/null\n/proc/self\n")
+        );
+        fx.rt.delete(&id, false).await.expect("delete");
+        uppers.push(upper);
+    }
+    for upper in &uppers {
+        // Only what the container wrote is in its layer: no mount point files, no
+        // /proc, /sys or /dev, and /etc was copied up for /etc/new alone.
+        let mut names: Vec<String> = walk(upper);
+        names.sort();
+        assert_eq!(names, vec!["etc", "etc/new"], "{}", upper.display());
+        let etc = std::fs::metadata(upper.join("etc")).expect("etc");
+        assert_eq!(etc.permissions().mode() & 0o7777, 0o750);
+    }
+    // Both containers used one init layer.
+    let layers = std::fs::read_dir(fx.tmp.path().join("state/.init"))
+        .expect("init layers")
+        .count();
+    assert_eq!(layers, 1);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read") {
+            let e = e.expect("entry");
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .expect("rel")
+                .display()
+                .to_string();
+            if e.file_type().expect("type").is_dir() {
+                todo.push(e.path());
+            }
+            out.push(rel);
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -248,3 +248,46 @@ fn v1_real_cgroup_limits_stats_freeze_and_delete() {
     cg.delete().expect("delete");
     assert!(!cg.exists());
 }
+
+#[test]
+fn v1_new_containers_skip_hierarchies_they_do_not_use() {
+    let layout = Layout::probe().expect("probe");
+    let Layout::V1 { mounts } = &layout else {
+        eprintln!("host is not v1; the v1 driver test needs one");
+        return;
+    };
+    let parent = format!("skiff-test-cgnew-{}", std::process::id());
+    let plain = PathBuf::from(&parent).join("plain");
+    let pinned = PathBuf::from(&parent).join("pinned");
+    let cg = layout.cgroup_for_new(&plain, None).expect("cgroup");
+    cg.create().expect("create");
+    let _plain = V1Guard(cg, layout.clone(), parent.clone());
+    let cg = layout
+        .cgroup_for_new(&pinned, Some(&resources()))
+        .expect("cgroup");
+    cg.create().expect("create");
+    let _pinned = V1Guard(cg, layout.clone(), parent.clone());
+    let has = |c: &str, rel: &Path| mounts.get(c).map(|m| m.join(rel).is_dir());
+    for c in ["memory", "pids", "freezer", "devices"] {
+        if mounts.contains_key(c) {
+            assert_eq!(has(c, &plain), Some(true), "{c}");
+        }
+    }
+    if mounts.contains_key("cpuset") {
+        assert_eq!(has("cpuset", &plain), Some(false));
+        assert_eq!(has("cpuset", &pinned), Some(true));
+    }
+    if mounts.contains_key("blkio") {
+        assert_eq!(has("blkio", &plain), Some(false));
+        assert_eq!(has("blkio", &pinned), Some(false));
+    }
+    // The full view (what the agent uses for stats, pause and delete) still works, and
+    // a process joining the container's groups joins only those that exist.
+    let full = layout.cgroup(&plain).expect("cgroup");
+    assert!(full.exists());
+    let files = full.procs_files();
+    assert!(files.iter().all(|f| f.exists()), "{files:?}");
+    if let Some(cpuset) = mounts.get("cpuset") {
+        assert!(!files.contains(&cpuset.join(&plain).join("cgroup.procs")));
+    }
+}

@@ -201,9 +201,12 @@ impl super::Cgroup for V1Cgroup {
         Ok(())
     }
 
+    /// The hierarchies the container was created in (`Layout::cgroup_for_new` may have
+    /// left some out), so an exec'd process joins exactly its container's groups.
     fn procs_files(&self) -> Vec<PathBuf> {
         self.distinct_dirs()
             .into_iter()
+            .filter(|d| d.is_dir())
             .map(|d| d.join("cgroup.procs"))
             .collect()
     }

@@ -178,9 +178,14 @@ fn serr(step: &str, e: impl std::fmt::Display) -> SetupError {
 impl Supervisor {
     fn create(cfg: ShimConfig) -> Result<Supervisor, SetupError> {
         let dir = cfg.dir.clone();
+        let resources = cfg
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref());
         let cgroup = cfg
             .layout
-            .cgroup(&cfg.cgroup)
+            .cgroup_for_new(&cfg.cgroup, resources)
             .map_err(|e| serr("cgroup", e))?;
         cgroup.create().map_err(|e| serr("create cgroup", e))?;
         let mut guard = CreateGuard {
@@ -223,7 +228,7 @@ impl Supervisor {
             }
         }
 
-        let mount_point = dir.join(files::ROOTFS);
+        let mount_point = dir.parent().unwrap_or(&dir).join(files::ROOTFS);
         match std::fs::create_dir(&mount_point) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

@@ -60,5 +60,9 @@ pub mod files {
     pub const SOCKET: &str = "shim.sock";
     pub const SHIM_LOG: &str = "shim.log";
     pub const LOG: &str = "container.log";
-    pub const ROOTFS: &str = "rootfs";
+    /// The mount point of every container's root, beside the containers' directories
+    /// (`<state>/.rootfs`): each container mounts its root there inside its own private
+    /// mount namespace before `pivot_root`, so one directory serves them all and a
+    /// container costs no mount-point directory of its own on the host's disk.
+    pub const ROOTFS: &str = ".rootfs";
 }
