@@ -41,11 +41,24 @@ impl ContainerExecutor {
         network: Option<Arc<NodeNetwork>>,
         data_dir: &Path,
     ) -> Self {
+        let layers_dir = data_dir.join("rw");
+        // One writable layer per task: spread them over the disk (skiff_runtime::placement).
+        let spread = std::fs::create_dir_all(&layers_dir)
+            .and_then(|()| skiff_runtime::placement::spread_subdirectories(&layers_dir));
+        match spread {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(dir = %layers_dir.display(), "filesystem has no FS_TOPDIR_FL")
+            }
+            Err(err) => {
+                tracing::warn!(dir = %layers_dir.display(), %err, "could not mark the writable layers' directory (chattr +T)")
+            }
+        }
         ContainerExecutor {
             runtime,
             images,
             network,
-            layers_dir: data_dir.join("rw"),
+            layers_dir,
             volumes_dir: data_dir.join("volumes"),
         }
     }

@@ -28,6 +28,7 @@ mod child;
 pub mod config;
 pub mod error;
 mod init_layer;
+pub mod placement;
 pub mod process;
 mod rootfs;
 pub mod runtime;

@@ -120,6 +120,9 @@ impl Runtime {
         };
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| RuntimeError::io("create state dir", &cfg.state_dir, e))?;
+        // One subdirectory per container: spread them over the disk (placement.rs). Only
+        // where they are put depends on it, so a refusal is not an error.
+        let _ = crate::placement::spread_subdirectories(&cfg.state_dir);
         Ok(Runtime {
             inner: Arc::new(Inner {
                 layout,

@@ -390,3 +390,30 @@ pub fn setdomainname(name: &str) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `FS_IOC_GETFLAGS` / `FS_IOC_SETFLAGS` (`linux/fs.h`): the kernel reads and writes an
+/// `int` despite the `long` in the macros.
+const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+
+/// The inode flags of the open file `fd` (`lsattr`).
+pub fn inode_flags(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int through a pointer to a live local.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags)
+}
+
+/// Sets the inode flags of the open file `fd` (`chattr`).
+pub fn set_inode_flags(fd: BorrowedFd<'_>, flags: i32) -> io::Result<()> {
+    let flags: libc::c_int = flags;
+    // SAFETY: the ioctl reads one int through a pointer to a live local.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_SETFLAGS, &flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
