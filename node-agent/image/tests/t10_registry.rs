@@ -63,6 +63,36 @@ fn file_desc(data: &[u8], mode: u32) -> String {
     format!("file {mode:o} 0:0 {}", Digest::of(data))
 }
 
+/// A test's temporary directory. A store writes its index in the background after a
+/// pull; when that write lands while `TempDir` is removing the directory, the removal
+/// fails and `TempDir` says nothing: two or three directories (`meta.json`, `2/`,
+/// `store2/`) were left in /tmp by every run of this suite. The removal here is retried
+/// until the directory is gone.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new() -> TestDir {
+        TestDir(tempfile::tempdir().expect("tempdir").keep())
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        for _ in 0..250 {
+            match fs::remove_dir_all(&self.0) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        eprintln!("could not remove {}", self.0.display());
+    }
+}
+
 async fn store(dir: &Path, config: RegistryConfig) -> ImageStore {
     ImageStore::open(dir, config).await.expect("open store")
 }
@@ -81,7 +111,7 @@ fn recorder() -> (
 #[tokio::test]
 async fn busybox_loaded_pushed_and_pulled_back_file_by_file() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
 
     // build → OCI layout → load into store A → push (our push) → pull into store B
     let local = Reference::parse("skiff.test/busybox:1").expect("ref");
@@ -194,7 +224,7 @@ impl Drop for Overlay {
 #[tokio::test]
 async fn multi_layer_image_with_deletions_replacements_and_opaque_dirs() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let base = LayerBuilder::new()
         .dir("etc", 0o755)
         .file("etc/deleted", b"gone soon", 0o644)
@@ -379,7 +409,7 @@ fn arch_image(p: &str) -> testing::BuiltImage {
 #[tokio::test]
 async fn multi_platform_index_resolves_to_the_node_platform() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let host = Platform::host();
     let host_s = host.to_string();
     let images: Vec<_> = [
@@ -437,7 +467,7 @@ async fn multi_platform_index_resolves_to_the_node_platform() {
 #[tokio::test]
 async fn wrong_digest_is_rejected_and_nothing_is_kept() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let image = ImageBuilder::new()
         .layer(
             LayerBuilder::new().file("f", &[1u8; 10_000], 0o644).tar(),
@@ -494,7 +524,7 @@ async fn wrong_digest_is_rejected_and_nothing_is_kept() {
 #[tokio::test]
 async fn malicious_layers_are_refused_with_nothing_written_outside() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let root = tmp.path().join("store");
     let s = store(&root, registry.config()).await;
     let cases = [
@@ -540,7 +570,7 @@ async fn malicious_layers_are_refused_with_nothing_written_outside() {
 #[tokio::test]
 async fn unknown_images_and_registries_are_named_in_errors() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let s = store(tmp.path(), registry.config()).await;
 
     let missing = registry.reference("no/such-image:v9");
@@ -583,7 +613,7 @@ async fn unknown_images_and_registries_are_named_in_errors() {
 #[tokio::test]
 async fn concurrent_pulls_download_a_shared_layer_once() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let shared = LayerBuilder::new()
         .file("shared", &vec![3u8; 2_000_000], 0o644)
         .tar();
@@ -662,7 +692,7 @@ async fn concurrent_pulls_download_a_shared_layer_once() {
 #[tokio::test]
 async fn gc_frees_what_no_image_uses() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let base = LayerBuilder::new()
         .file("base", &vec![5u8; 500_000], 0o644)
         .tar();
@@ -739,7 +769,7 @@ fn docker_save_tar(image: &testing::BuiltImage, layer_tars: &[Vec<u8>], tag: &st
 #[tokio::test]
 async fn docker_save_archives_load_and_push() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let l1 = LayerBuilder::new().file("hello", b"world", 0o644).tar();
     let l2 = LayerBuilder::new()
         .whiteout("hello")
@@ -786,7 +816,7 @@ async fn bearer_tokens_from_the_challenge_with_stored_credentials() {
     let registry = Registry::start_with_token_auth("skiff", "s3cret")
         .await
         .expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     // push with credentials: the client follows WWW-Authenticate to the token service
     let r = registry
         .push_busybox("auth/busybox:v1")
@@ -825,7 +855,7 @@ async fn bearer_tokens_from_the_challenge_with_stored_credentials() {
 #[tokio::test]
 async fn basic_auth_from_stored_credentials() {
     let registry = Registry::start_with_basic_auth().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let r = registry
         .push_busybox("basic/busybox:v1")
         .await
@@ -855,7 +885,7 @@ fn tar_dir(dir: &Path) -> Vec<u8> {
 #[tokio::test]
 async fn oci_layout_tars_and_docker_25_archives_load() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let layer = LayerBuilder::new()
         .file("etc/os-release", b"ID=skiff\n", 0o644)
         .tar();
@@ -927,7 +957,7 @@ async fn oci_layout_tars_and_docker_25_archives_load() {
 #[tokio::test]
 async fn pull_by_digest_pins_the_manifest() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let r = registry.push_busybox("pinned:v1").await.expect("push");
     let digest = testing::busybox().build().manifest_digest;
     let pinned = r.with_digest(digest.clone());
@@ -948,7 +978,7 @@ async fn pull_by_digest_pins_the_manifest() {
 #[tokio::test]
 async fn concurrent_pulls_of_one_reference_share_one_pull() {
     let registry = Registry::start().await.expect("registry");
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let tmp = TestDir::new();
     let remote = registry.reference("library/busybox:shared");
     let a = store(&tmp.path().join("a"), registry.config()).await;
     let local = Reference::parse("skiff.test/busybox:shared").expect("ref");
