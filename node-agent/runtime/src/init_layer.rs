@@ -61,7 +61,6 @@ impl Points {
     /// (image layers, lowest first).
     pub(crate) fn of(spec: &Spec, lowers: &[PathBuf]) -> Points {
         let mut points = Points::default();
-        let mut bad_parents = Vec::new();
         for m in spec.mounts().as_deref().unwrap_or_default() {
             let dest = m.destination();
             let Some(dest_str) = dest.to_str() else {
@@ -75,34 +74,13 @@ impl Points {
                 continue;
             };
             let rel = dest.strip_prefix("/").unwrap_or(dest).to_path_buf();
-            let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
-            if let Some(parent) = parent {
-                if bad_parents.contains(&parent.to_path_buf()) {
+            if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty())
+                && !points.0.contains_key(parent)
+            {
+                let Some(attrs) = image_parent(lowers, parent) else {
                     continue;
-                }
-                if !points.0.contains_key(parent) {
-                    match image_dir(lowers, parent) {
-                        ImageDir::Dir { mode, uid, gid } => {
-                            points
-                                .0
-                                .insert(parent.to_path_buf(), Entry::Parent { mode, uid, gid });
-                        }
-                        ImageDir::Absent => {
-                            points.0.insert(
-                                parent.to_path_buf(),
-                                Entry::Parent {
-                                    mode: 0o755,
-                                    uid: 0,
-                                    gid: 0,
-                                },
-                            );
-                        }
-                        ImageDir::NotADir => {
-                            bad_parents.push(parent.to_path_buf());
-                            continue;
-                        }
-                    }
-                }
+                };
+                points.0.insert(parent.to_path_buf(), attrs);
             }
             // A point that is also a parent (`/dev` with `/dev/pts`) stays a point: it
             // is mounted over, so its own attributes never show.
@@ -143,28 +121,28 @@ fn is_file_bind(m: &oci_spec::runtime::Mount) -> bool {
         .is_some_and(|meta| meta.is_file())
 }
 
-enum ImageDir {
-    Dir { mode: u32, uid: u32, gid: u32 },
-    Absent,
-    NotADir,
-}
-
-/// What the image has at `rel`: the topmost layer that holds the path decides.
-fn image_dir(lowers: &[PathBuf], rel: &Path) -> ImageDir {
+/// The parent entry for `rel` as the image has it: its own directory's attributes
+/// (the topmost layer holding the path decides), root's 0755 where no layer has it,
+/// None where the image has something else there (a symlink, a whiteout).
+fn image_parent(lowers: &[PathBuf], rel: &Path) -> Option<Entry> {
     for lower in lowers.iter().rev() {
         match std::fs::symlink_metadata(lower.join(rel)) {
             Ok(meta) if meta.is_dir() => {
-                return ImageDir::Dir {
+                return Some(Entry::Parent {
                     mode: meta.mode() & 0o7777,
                     uid: meta.uid(),
                     gid: meta.gid(),
-                };
+                });
             }
-            Ok(_) => return ImageDir::NotADir,
+            Ok(_) => return None,
             Err(_) => continue,
         }
     }
-    ImageDir::Absent
+    Some(Entry::Parent {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    })
 }
 
 /// The init layers of one runtime, under `<state dir>/.init`.
@@ -193,14 +171,14 @@ impl InitLayers {
 
     /// The directory holding `points`, built if it does not exist yet.
     pub(crate) fn get(&self, points: &Points) -> std::io::Result<PathBuf> {
-        let dir = self.root.join(points.key());
+        let key = points.key();
+        let dir = self.root.join(&key);
         if dir.is_dir() {
             return Ok(dir);
         }
         std::fs::create_dir_all(&self.root)?;
         let tmp = self.root.join(format!(
-            "{}.tmp{}.{}",
-            points.key(),
+            "{key}.tmp{}.{}",
             std::process::id(),
             self.seq.fetch_add(1, Ordering::Relaxed)
         ));
@@ -269,6 +247,14 @@ mod tests {
             .expect("mount")
     }
 
+    /// An image layer at `dir` whose `etc` has `mode`.
+    fn layer_with_etc(dir: &Path, mode: u32) -> PathBuf {
+        std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
+        std::fs::set_permissions(dir.join("etc"), std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+        dir.to_path_buf()
+    }
+
     fn spec(mounts: Vec<Mount>) -> Spec {
         SpecBuilder::default().mounts(mounts).build().expect("spec")
     }
@@ -280,10 +266,7 @@ mod tests {
         std::fs::write(&src, "127.0.0.1 localhost\n").expect("write");
         let data = tmp.path().join("data");
         std::fs::create_dir(&data).expect("mkdir");
-        let lower = tmp.path().join("lower");
-        std::fs::create_dir_all(lower.join("etc")).expect("mkdir");
-        std::fs::set_permissions(lower.join("etc"), std::fs::Permissions::from_mode(0o750))
-            .expect("chmod");
+        let lower = layer_with_etc(&tmp.path().join("lower"), 0o750);
         let s = spec(vec![
             fs("/proc", "proc"),
             fs("/dev", "tmpfs"),
@@ -340,10 +323,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let src = tmp.path().join("resolv");
         std::fs::write(&src, "nameserver 10.0.0.1\n").expect("write");
-        let lower = tmp.path().join("lower");
-        std::fs::create_dir_all(lower.join("etc")).expect("mkdir");
-        std::fs::set_permissions(lower.join("etc"), std::fs::Permissions::from_mode(0o711))
-            .expect("chmod");
+        let lower = layer_with_etc(&tmp.path().join("lower"), 0o711);
         let s = spec(vec![bind("/etc/resolv.conf", &src), fs("/sys", "sysfs")]);
         let points = Points::of(&s, std::slice::from_ref(&lower));
         let layers = InitLayers::new(&tmp.path().join("state"));
@@ -370,12 +350,8 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let src = tmp.path().join("hosts");
         std::fs::write(&src, "x").expect("write");
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        for (l, mode) in [(&a, 0o755), (&b, 0o700)] {
-            std::fs::create_dir_all(l.join("etc")).expect("mkdir");
-            std::fs::set_permissions(l.join("etc"), std::fs::Permissions::from_mode(mode))
-                .expect("chmod");
-        }
+        let a = layer_with_etc(&tmp.path().join("a"), 0o755);
+        let b = layer_with_etc(&tmp.path().join("b"), 0o700);
         let s = spec(vec![bind("/etc/hosts", &src)]);
         let pa = Points::of(&s, std::slice::from_ref(&a));
         let pb = Points::of(&s, std::slice::from_ref(&b));

@@ -43,13 +43,6 @@ pub fn spread_subdirectories(dir: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// Whether `dir` carries the mark.
-pub fn spreads_subdirectories(dir: &Path) -> bool {
-    std::fs::File::open(dir)
-        .and_then(|f| sys::inode_flags(f.as_fd()))
-        .is_ok_and(|flags| flags & FS_TOPDIR_FL != 0)
-}
-
 /// Filesystems without inode flags (tmpfs, overlayfs...) or without this one.
 fn unsupported(e: &std::io::Error) -> bool {
     matches!(
@@ -61,6 +54,13 @@ fn unsupported(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `dir` carries the mark, read back from the kernel.
+    fn spreads_subdirectories(dir: &Path) -> bool {
+        std::fs::File::open(dir)
+            .and_then(|f| sys::inode_flags(f.as_fd()))
+            .is_ok_and(|flags| flags & FS_TOPDIR_FL != 0)
+    }
 
     /// Runs where the test's directory can be: on this project's machines /var/tmp is
     /// ext4, which has the flag; elsewhere the call must still succeed.

@@ -156,21 +156,19 @@ impl Layout {
         rel: &Path,
         resources: Option<&LinuxResources>,
     ) -> Result<Box<dyn Cgroup>> {
+        let Layout::V1 { mounts } = self else {
+            return self.cgroup(rel);
+        };
         check_relative(rel)?;
-        Ok(match self {
-            Layout::V1 { mounts } => {
-                let pinned = resources
-                    .and_then(|r| r.cpu().as_ref())
-                    .is_some_and(|c| c.cpus().is_some() || c.mems().is_some());
-                let used = mounts
-                    .iter()
-                    .filter(|(c, _)| c.as_str() != "blkio" && (pinned || c.as_str() != "cpuset"))
-                    .map(|(c, m)| (c.clone(), m.clone()))
-                    .collect();
-                Box::new(V1Cgroup::new(used, rel))
-            }
-            Layout::V2 { root } => Box::new(V2Cgroup::new(root.clone(), rel)),
-        })
+        let pinned = resources
+            .and_then(|r| r.cpu().as_ref())
+            .is_some_and(|c| c.cpus().is_some() || c.mems().is_some());
+        let used = mounts
+            .iter()
+            .filter(|(c, _)| c.as_str() != "blkio" && (pinned || c.as_str() != "cpuset"))
+            .map(|(c, m)| (c.clone(), m.clone()))
+            .collect();
+        Ok(Box::new(V1Cgroup::new(used, rel)))
     }
 
     /// Removes the (empty) parent directory skiff made, e.g. a test's `skiff-test-<n>`.
