@@ -59,6 +59,16 @@ fn ns_label(ns: Option<&Path>) -> String {
 /// Creates a new network namespace bind-mounted at `path` (the parent directory is
 /// created). Blocking: call from `spawn_blocking` or a plain thread.
 pub fn create(path: &Path) -> Result<NetnsPath, NetnsError> {
+    create_with(path, &[])
+}
+
+/// [`create`], then writes `sysctls` (paths under `/proc/sys`, value) inside the new
+/// namespace before anything else happens in it. A setting the kernel does not have
+/// (IPv6 compiled out) is skipped.
+pub fn create_with(
+    path: &Path,
+    sysctls: &'static [(&'static str, &'static str)],
+) -> Result<NetnsPath, NetnsError> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|err| NetnsError::Io {
             op: "creating directory",
@@ -70,7 +80,7 @@ pub fn create(path: &Path) -> Result<NetnsPath, NetnsError> {
     let label = target.display().to_string();
     std::thread::Builder::new()
         .name("skiff-netns".into())
-        .spawn(move || create_on_this_thread(&target))
+        .spawn(move || create_on_this_thread(&target, sysctls))
         .map_err(|err| NetnsError::Io {
             op: "spawning a thread to create",
             path: path.to_owned(),
@@ -82,7 +92,10 @@ pub fn create(path: &Path) -> Result<NetnsPath, NetnsError> {
 }
 
 /// Runs on a thread that is thrown away afterwards: the unshare only changes this thread.
-fn create_on_this_thread(path: &Path) -> Result<(), NetnsError> {
+fn create_on_this_thread(
+    path: &Path,
+    sysctls: &[(&'static str, &'static str)],
+) -> Result<(), NetnsError> {
     let sys = |op, err| NetnsError::Sys {
         op,
         path: path.to_owned(),
@@ -96,6 +109,20 @@ fn create_on_this_thread(path: &Path) -> Result<(), NetnsError> {
     let made = (|| {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET)
             .map_err(|e| sys("unshare(CLONE_NEWNET)", e))?;
+        // /proc/sys/net shows the namespace of the thread that opens it: this one.
+        for (key, value) in sysctls {
+            let file = Path::new("/proc/sys").join(key);
+            match fs::write(&file, value) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(NetnsError::Io {
+                        op: "writing sysctl",
+                        path: file,
+                        err,
+                    });
+                }
+                _ => {}
+            }
+        }
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             path,

@@ -56,6 +56,16 @@ async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
         "reached b across the overlay with the source address kept"
     );
 
+    // The overlay is IPv4 only: the task's eth0 got no IPv6 address (not even a
+    // link-local one, so no duplicate address detection or MLD), while lo kept ::1.
+    let v6 = ipv6_addresses(ca.as_path());
+    assert!(
+        v6.iter()
+            .any(|(dev, addr)| dev == "lo" && addr == "00000000000000000000000000000001"),
+        "{v6:?}"
+    );
+    assert!(v6.iter().all(|(dev, _)| dev == "lo"), "{v6:?}");
+
     // The VXLAN device holds exactly one flood entry, for the other node.
     let al = Links::new(netns::netlink(Some(&a.ns)).await.expect("netlink"));
     let vx = al.require(&names::vxlan("n1")).await.expect("vxlan");
@@ -301,4 +311,21 @@ fn nft_in(ns: &std::path::Path, script: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The IPv6 addresses inside `ns` as (interface, address in hex), from the kernel's
+/// table of the namespace.
+fn ipv6_addresses(ns: &std::path::Path) -> Vec<(String, String)> {
+    let table = netns::run_in(Some(ns), || {
+        std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+    })
+    .expect("thread")
+    .expect("if_inet6");
+    table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(5)?.to_string(), f.first()?.to_string()))
+        })
+        .collect()
 }
