@@ -143,7 +143,7 @@ pub fn task_of_alias(alias: &str) -> Option<&str> {
 /// duplicate address detection, no MLD reports: kernel work for every new interface
 /// that was ~3.6 % of a 100-replica deploy's CPU). `lo`, made with the namespace, keeps
 /// `::1`, as in Docker's IPv4-only networks.
-const TASK_SYSCTLS: &[(&str, &str)] = &[("net/ipv6/conf/default/disable_ipv6", "1")];
+const TASK_SYSCTLS: &[(&str, &str)] = &[("net.ipv6.conf.default.disable_ipv6", "1")];
 
 /// Makes (or completes, when it already exists) the namespace of a task and its
 /// veths. `host` is the netlink handle of the node's namespace.

@@ -62,7 +62,13 @@ pub fn create(path: &Path) -> Result<NetnsPath, NetnsError> {
     create_with(path, &[])
 }
 
-/// [`create`], then writes `sysctls` (paths under `/proc/sys`, value) inside the new
+/// The file of a sysctl given by its dotted key (`net.ipv4.ip_forward`). Read or
+/// written, it shows the network namespace of the thread that opens it.
+pub fn sysctl_path(key: &str) -> PathBuf {
+    Path::new("/proc/sys").join(key.replace('.', "/"))
+}
+
+/// [`create`], then writes `sysctls` (dotted key, value) inside the new
 /// namespace before anything else happens in it. A setting the kernel does not have
 /// (IPv6 compiled out) is skipped.
 pub fn create_with(
@@ -109,9 +115,8 @@ fn create_on_this_thread(
     let made = (|| {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET)
             .map_err(|e| sys("unshare(CLONE_NEWNET)", e))?;
-        // /proc/sys/net shows the namespace of the thread that opens it: this one.
         for (key, value) in sysctls {
-            let file = Path::new("/proc/sys").join(key);
+            let file = sysctl_path(key);
             match fs::write(&file, value) {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
                     return Err(NetnsError::Io {

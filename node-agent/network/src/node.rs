@@ -122,11 +122,14 @@ pub struct NodeNetwork {
 
 /// Writes a sysctl inside `ns`.
 pub(crate) async fn sysctl(ns: Option<&Path>, key: &str, value: &str) -> Result<(), NetworkError> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let path = netns::sysctl_path(key);
     let (p, v) = (path.clone(), value.to_owned());
     netns::run_in_async(ns, move || std::fs::write(&p, v))
         .await?
-        .map_err(|err| NetworkError::Sysctl { path, err })
+        .map_err(|err| NetworkError::Sysctl {
+            path: path.display().to_string(),
+            err,
+        })
 }
 
 impl NodeNetwork {
