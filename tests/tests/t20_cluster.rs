@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
-use skiff_lab::Cluster;
+use skiff_lab::{Cluster, Role};
 
 /// Labs are heavy: one at a time in this binary.
 static ONE_LAB: Mutex<()> = Mutex::new(());
@@ -160,6 +160,22 @@ networks:
 fn an_app_answers_by_service_name_across_machines_and_on_every_published_port() {
     let _one = ONE_LAB.lock().unwrap_or_else(|p| p.into_inner());
     let c = cluster(3, 3);
+    // Every master runs with transparent huge pages off (its allocator would otherwise
+    // zero a 2 MiB page at each first touch of fresh heap, on the deploy's path).
+    for m in c.lab.machines(Role::Master) {
+        for d in &m.daemons {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid))
+                .expect("master's /proc status");
+            assert!(
+                status
+                    .lines()
+                    .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+                "{}: THP still on ({:?})",
+                d.pid,
+                status.lines().find(|l| l.starts_with("THP"))
+            );
+        }
+    }
     let image = c.push_busybox("busybox:latest").expect("push busybox");
     let app = web_app(&image, 2);
     deploy(&c, "app.yaml", &app);

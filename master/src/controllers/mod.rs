@@ -10,6 +10,7 @@
 //!                                     loop {
 //!                                       snapshot + heartbeats ─► pass() (pure) ─► writes
 //!                                       wait: store revision │ wake_at │ safety tick
+//!                                       (none after a pass that wrote only new subnets)
 //!                                     }
 //!               ── loses leadership or shutdown ──► the loop is dropped mid-pass (CAS)
 //! ```
@@ -138,6 +139,7 @@ impl Controllers {
                 .buffer_unordered(CONCURRENT_WRITES)
                 .collect()
                 .await;
+            let all_applied = results.iter().all(Result::is_ok);
             let mut again = false;
             for r in results {
                 match r {
@@ -158,6 +160,11 @@ impl Controllers {
                 );
             }
             // Conflicts and successful writes move the revision: the next pass re-reads.
+            if decided.run_again_now && all_applied {
+                // What was written (new subnets) is what the held-back writes wait for.
+                // Only when it all applied: a conflict waits the pause like any pass.
+                continue;
+            }
             if again {
                 tokio::time::sleep(RETRY_AFTER).await;
             } else {

@@ -11,7 +11,8 @@
 //!  reconcile_all ──► commands(): one command per service (create, stop, orphan, update…)
 //!        │ projected store = snapshot + those commands
 //!        ▼
-//!  network::allocate ── new subnets? ─yes─► network writes only; addresses wait a pass
+//!  network::allocate ── new subnets? ─yes─► network writes only (run_again_now): the
+//!        │                                    services' commands come next pass
 //!        │ no: VIPs and task addresses merged into their service's command
 //!        ▼
 //!  skiff_scheduler::schedule (tasks that need addresses wait for them)
@@ -66,6 +67,10 @@ pub struct Pass {
     /// What could not be decided (an internal inconsistency, a network that could not
     /// be allocated).
     pub problems: Vec<String>,
+    /// The writes are only what the rest waits for (new networks' subnets): the services'
+    /// commands were held back, and the next pass should run as soon as these apply
+    /// rather than after the usual pause.
+    pub run_again_now: bool,
 }
 
 /// Per-command tally for the summary line.
@@ -427,31 +432,7 @@ pub fn pass(input: &Input<'_>) -> Pass {
         .filter(|m| matches!(m.op, Some(pb::mutation::Op::PutNetwork(_))))
         .cloned()
         .collect();
-    let mut waiting_for_network: HashMap<String, String> = HashMap::new();
-    if new_networks.is_empty() {
-        for m in alloc.mutations {
-            match m.op {
-                Some(pb::mutation::Op::PutService(s)) => {
-                    let before = projected
-                        .services
-                        .iter()
-                        .find(|x| x.id == s.id)
-                        .map_or(0, |x| x.virtual_ips.len());
-                    projected.set_service(&s);
-                    let added = s.virtual_ips.len().saturating_sub(before);
-                    let c = b.put_service(s.clone(), &name_of(&s.id));
-                    b.tallies[c].vips += added;
-                }
-                Some(pb::mutation::Op::PutTask(t)) => {
-                    projected.set_task(&t);
-                    let c = b.put_task(t.clone(), &name_of(&t.service_id));
-                    b.tallies[c].addressed += 1;
-                }
-                _ => {}
-            }
-        }
-        waiting_for_network.extend(alloc.task_errors);
-    } else {
+    if !new_networks.is_empty() {
         for m in new_networks {
             let Some(pb::mutation::Op::PutNetwork(n)) = &m.op else {
                 continue;
@@ -473,7 +454,34 @@ pub fn pass(input: &Input<'_>) -> Pass {
                 summary,
             });
         }
+        // Tasks get their addresses and nodes in the pass right after, once the subnets
+        // are committed: written now, they would be written twice (created here, then
+        // addressed and placed), and the first deploy of a project would wait a pause.
+        out.run_again_now = true;
+        return out;
     }
+    for m in alloc.mutations {
+        match m.op {
+            Some(pb::mutation::Op::PutService(s)) => {
+                let before = projected
+                    .services
+                    .iter()
+                    .find(|x| x.id == s.id)
+                    .map_or(0, |x| x.virtual_ips.len());
+                projected.set_service(&s);
+                let added = s.virtual_ips.len().saturating_sub(before);
+                let c = b.put_service(s.clone(), &name_of(&s.id));
+                b.tallies[c].vips += added;
+            }
+            Some(pb::mutation::Op::PutTask(t)) => {
+                projected.set_task(&t);
+                let c = b.put_task(t.clone(), &name_of(&t.service_id));
+                b.tallies[c].addressed += 1;
+            }
+            _ => {}
+        }
+    }
+    let waiting_for_network = alloc.task_errors;
 
     // 4. Placement. A task that needs addresses waits for them: started without its
     // network it would be unreachable.

@@ -339,7 +339,8 @@ fn on_network(mut spec: pb::ServiceSpec, net: &str) -> pb::ServiceSpec {
 }
 
 #[test]
-fn a_new_network_gets_its_subnet_before_tasks_get_addresses_and_nodes() {
+fn a_new_network_gets_its_subnet_first_then_its_tasks_are_created_addressed_and_placed_in_one_write()
+ {
     let mut w = World::new();
     w.node("n1", 4 * GIB);
     w.put(pb::mutation::Op::PutNetwork(pb::Network {
@@ -353,6 +354,7 @@ fn a_new_network_gets_its_subnet_before_tasks_get_addresses_and_nodes() {
     }));
     w.service("s1", on_network(replicated("web", 2), "front"));
     let first = w.step();
+    assert_eq!(first.writes.len(), 1, "{:?}", first.writes);
     assert!(
         first.writes[0]
             .summary
@@ -361,13 +363,19 @@ fn a_new_network_gets_its_subnet_before_tasks_get_addresses_and_nodes() {
         first.writes
     );
     assert!(
-        w.tasks().iter().all(|t| t.node_id.is_empty()),
-        "no task is placed without its address"
+        first.run_again_now,
+        "the held-back service waits for no pause"
+    );
+    assert!(
+        w.tasks().is_empty(),
+        "no task is written before its network's subnet"
     );
     let second = w.step();
+    assert!(!second.run_again_now);
     assert_eq!(second.writes.len(), 1, "{:?}", second.writes);
     assert!(
-        second.writes[0].summary.contains("1 virtual IP(s)")
+        second.writes[0].summary.contains("created 2 task(s)")
+            && second.writes[0].summary.contains("1 virtual IP(s)")
             && second.writes[0].summary.contains("addresses for 2 task(s)")
             && second.writes[0].summary.contains("placed 2 on n1"),
         "{}",
