@@ -66,6 +66,16 @@ async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
     );
     assert!(v6.iter().all(|(dev, _)| dev == "lo"), "{v6:?}");
 
+    // Both ends of the task's veth were made with one queue each way (so no grace
+    // period was waited for under the rtnl lock to cut them down to one).
+    let inner = Links::new(netns::netlink(Some(ca.as_path())).await.expect("netlink"));
+    let eth0 = inner.require("eth0").await.expect("eth0");
+    let host_end = Links::new(netns::netlink(Some(&a.ns)).await.expect("netlink"))
+        .require(&names::host_veth("ta", "n1"))
+        .await
+        .expect("host end");
+    assert_eq!((eth0.queues, host_end.queues), ((1, 1), (1, 1)));
+
     // The VXLAN device holds exactly one flood entry, for the other node.
     let al = Links::new(netns::netlink(Some(&a.ns)).await.expect("netlink"));
     let vx = al.require(&names::vxlan("n1")).await.expect("vxlan");
