@@ -45,7 +45,7 @@ use crate::containers::ContainerExecutor;
 use crate::host::{self, HostError};
 use crate::identity::{Identity, IdentityError};
 use crate::renew::Renewer;
-use crate::session::{self, SessionConfig, SessionEvent};
+use crate::session::{self, SessionConfig, SessionEvent, StatusTiming};
 use crate::worker::{self, Worker, WorkerError};
 
 /// The worker's persisted assignments, in the data dir.
@@ -264,6 +264,7 @@ impl Agent {
             ),
             heartbeat_period: HEARTBEAT,
             batch_max: 256,
+            status_timing: StatusTiming::default(),
             insecure_node_id: self.credentials.is_none().then(|| node_id.clone()),
         };
         let snapshot = worker.snapshot_fn();

@@ -1,7 +1,8 @@
 //! The agent's session with the masters: one bidirectional `Dispatcher.Session` stream
 //! held with the leader. Up: a `Register` first (with the tasks running right now, so a
 //! master can reconcile after either side restarts), then heartbeats and batched task
-//! statuses. Down: the node's full assignment set and the endpoint table.
+//! statuses (sent after 10 ms without a new one, and at least every 100 ms). Down: the
+//! node's full assignment set and the endpoint table.
 //!
 //! ```text
 //!   connect(master) ──► Register ──► [Heartbeat | StatusBatch]* ──► stream ends/breaks
@@ -43,8 +44,35 @@ pub struct SessionConfig {
     pub heartbeat_period: Duration,
     /// Largest number of statuses sent in one batch.
     pub batch_max: usize,
+    /// When statuses go up: once none came for `quiet` (the end of a burst, or a lone
+    /// one), and every `flush` whatever the traffic (a long burst).
+    pub status_timing: StatusTiming,
     /// Sent as `skiff-node-id` metadata: only for insecure masters (`tls` is None).
     pub insecure_node_id: Option<String>,
+}
+
+/// When batched task statuses are sent (see [`SessionConfig::status_timing`]).
+#[derive(Clone, Copy, Debug)]
+pub struct StatusTiming {
+    pub quiet: Duration,
+    pub flush: Duration,
+}
+
+impl Default for StatusTiming {
+    /// 10 ms of quiet, at least every 100 ms. A fixed 100 ms tick alone made the last
+    /// task of a deploy wait 50 ms on average before anyone heard it ran. Each batch that
+    /// changes a service's running replicas means a new endpoint table and a reload of
+    /// the node's VIP tables, but tables that queue up while one applies are folded
+    /// into the newest (the agent's `Latest`), and a load through libnftables costs
+    /// ~0.8 ms: deploys of 100 replicas got no slower (stop 20: 0.62–0.89 s against
+    /// 0.78–0.97 s in alternating runs), where the same rule cost 345 → 957 ms while every
+    /// reload was an `nft` process (2026-12-06).
+    fn default() -> Self {
+        StatusTiming {
+            quiet: Duration::from_millis(10),
+            flush: Duration::from_millis(100),
+        }
+    }
 }
 
 /// What the session hands the worker.
@@ -197,10 +225,19 @@ async fn one_session(
 
     let mut period = config.heartbeat_period;
     let mut heartbeat = tokio::time::interval(period);
-    let mut flush = tokio::time::interval(Duration::from_millis(100));
+    let mut flush = tokio::time::interval(config.status_timing.flush);
+    let quiet = tokio::time::sleep(config.status_timing.quiet);
+    tokio::pin!(quiet);
+    let mut quiet_armed = !pending.is_empty();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
+            () = &mut quiet, if quiet_armed => {
+                quiet_armed = false;
+                if !pending.is_empty() {
+                    send_batch(&up_tx, pending, config.batch_max).await;
+                }
+            }
             msg = down.message() => {
                 let msg = match msg {
                     Ok(Some(msg)) => msg,
@@ -234,6 +271,8 @@ async fn one_session(
             update = statuses.recv() => {
                 let Some(update) = update else { return Ok(()) };
                 pending.insert(update.task_id.clone(), update);
+                quiet.as_mut().reset(tokio::time::Instant::now() + config.status_timing.quiet);
+                quiet_armed = true;
                 if pending.len() >= config.batch_max {
                     send_batch(&up_tx, pending, config.batch_max).await;
                 }

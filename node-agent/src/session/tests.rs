@@ -118,6 +118,7 @@ fn config(masters: Vec<String>) -> SessionConfig {
         },
         heartbeat_period: Duration::from_millis(50),
         batch_max: 16,
+        status_timing: StatusTiming::default(),
         insecure_node_id: Some("node-1".into()),
     }
 }
@@ -259,6 +260,52 @@ async fn statuses_made_while_no_master_answers_are_sent_once_one_does() {
         delivered,
         "the status made while disconnected must reach the master"
     );
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+}
+
+#[tokio::test]
+async fn a_lone_status_goes_up_once_no_other_follows_not_on_the_next_tick() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let leader = serve(Role::Leader { seen: seen.clone() }).await;
+    let (ev_tx, mut ev_rx) = mpsc::channel(16);
+    let (st_tx, st_rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let mut cfg = config(vec![leader]);
+    // A tick far beyond the wait below: only the quiet rule can send the status.
+    cfg.status_timing = StatusTiming {
+        quiet: Duration::from_millis(10),
+        flush: Duration::from_secs(600),
+    };
+    let task = tokio::spawn(run(cfg, ev_tx, st_rx, Vec::new, shutdown.clone()));
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ev_rx.recv()).await {
+            Ok(Some(SessionEvent::Assignments(_))) => break,
+            Ok(Some(_)) => {}
+            other => panic!("no session: {other:?}"),
+        }
+    }
+    // The session's first tick fires as it opens; wait past it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    st_tx
+        .send(status("t2", pb::TaskState::Running))
+        .await
+        .expect("send status");
+    let mut delivered = false;
+    for _ in 0..250 {
+        if seen
+            .lock()
+            .expect("lock")
+            .statuses
+            .iter()
+            .any(|s| s.task_id == "t2")
+        {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(delivered, "a lone status must not wait for the 600 s tick");
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
 }
