@@ -123,6 +123,24 @@ fn config(masters: Vec<String>) -> SessionConfig {
     }
 }
 
+/// Whether a status of `task` reached the fake master within `within` (checked every
+/// 20 ms).
+async fn delivered(seen: &Mutex<Seen>, task: &str, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let got = seen
+            .lock()
+            .expect("lock")
+            .statuses
+            .iter()
+            .any(|s| s.task_id == task);
+        if got || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn status(task: &str, state: pb::TaskState) -> pb::TaskStatusUpdate {
     pb::TaskStatusUpdate {
         task_id: task.into(),
@@ -242,22 +260,8 @@ async fn statuses_made_while_no_master_answers_are_sent_once_one_does() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
     });
-    let mut delivered = false;
-    for _ in 0..300 {
-        if seen
-            .lock()
-            .expect("lock")
-            .statuses
-            .iter()
-            .any(|s| s.task_id == "t9")
-        {
-            delivered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(
-        delivered,
+        delivered(&seen, "t9", Duration::from_secs(6)).await,
         "the status made while disconnected must reach the master"
     );
     shutdown.cancel();
@@ -291,21 +295,10 @@ async fn a_lone_status_goes_up_once_no_other_follows_not_on_the_next_tick() {
         .send(status("t2", pb::TaskState::Running))
         .await
         .expect("send status");
-    let mut delivered = false;
-    for _ in 0..250 {
-        if seen
-            .lock()
-            .expect("lock")
-            .statuses
-            .iter()
-            .any(|s| s.task_id == "t2")
-        {
-            delivered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(delivered, "a lone status must not wait for the 600 s tick");
+    assert!(
+        delivered(&seen, "t2", Duration::from_secs(5)).await,
+        "a lone status must not wait for the 600 s tick"
+    );
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
 }
