@@ -99,6 +99,9 @@ impl Controllers {
         let leader_since_ms = now_ms();
         let mut revisions = self.handle.revisions();
         let mut blocked: HashMap<String, String> = HashMap::new();
+        // Whether the previous pass ran without the pause (at most one in a row, so a
+        // pass that kept asking for new subnets could not spin).
+        let mut rushed = false;
         loop {
             let started = Instant::now();
             revisions.borrow_and_update();
@@ -160,11 +163,13 @@ impl Controllers {
                 );
             }
             // Conflicts and successful writes move the revision: the next pass re-reads.
-            if decided.run_again_now && all_applied {
+            if decided.run_again_now && all_applied && !rushed {
                 // What was written (new subnets) is what the held-back writes wait for.
                 // Only when it all applied: a conflict waits the pause like any pass.
+                rushed = true;
                 continue;
             }
+            rushed = false;
             if again {
                 tokio::time::sleep(RETRY_AFTER).await;
             } else {

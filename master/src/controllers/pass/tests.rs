@@ -339,8 +339,7 @@ fn on_network(mut spec: pb::ServiceSpec, net: &str) -> pb::ServiceSpec {
 }
 
 #[test]
-fn a_new_network_gets_its_subnet_first_then_its_tasks_are_created_addressed_and_placed_in_one_write()
- {
+fn a_new_network_gets_its_subnet_then_its_tasks_come_in_one_write() {
     let mut w = World::new();
     w.node("n1", 4 * GIB);
     w.put(pb::mutation::Op::PutNetwork(pb::Network {
