@@ -16,6 +16,7 @@ pub mod containers;
 pub mod host;
 pub mod identity;
 pub mod join;
+pub mod malloc;
 pub mod renew;
 pub mod session;
 pub mod worker;

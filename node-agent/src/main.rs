@@ -66,7 +66,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // Before the runtime starts any thread (see `malloc`).
+    let capped = skiff_agent::malloc::limit_arenas(skiff_agent::malloc::AGENT_ARENAS);
     skiff_daemon::init_logging(settings.log_format);
+    if !capped {
+        tracing::debug!("malloc arenas not capped (not glibc's allocator, or refused)");
+    }
     if let Command::ShowConfig = cli.command {
         println!("{settings:#?}");
         return std::process::ExitCode::SUCCESS;
