@@ -12,8 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_runtime::{
-    ContainerId, CreateOptions, EtcFiles, Layout, Rootfs, Runtime, RuntimeConfig, SpecOptions,
-    docker_spec,
+    ContainerId, CreateOptions, EtcFiles, Rootfs, Runtime, RuntimeConfig, SpecOptions, docker_spec,
 };
 
 const SEQ: usize = 200;
@@ -41,7 +40,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The OCI bundle: config.json (what skiff builds for a task) + rootfs.
+/// The OCI bundle: config.json (what skiff builds for a task) + rootfs, with the
+/// peers' containers in cgroup `/<cgroup_parent>/peer`.
 fn write_bundle(dir: &Path, cgroup_parent: &str) -> PathBuf {
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle).expect("bundle");
@@ -54,16 +54,72 @@ fn write_bundle(dir: &Path, cgroup_parent: &str) -> PathBuf {
     if let Some(r) = spec.root_mut() {
         r.set_path(root);
     }
+    write_config(&bundle, spec, &format!("/{cgroup_parent}/peer"));
+    bundle
+}
+
+/// Writes `spec` as `bundle`'s config.json with the given cgroup path (runc and crun
+/// take it from the bundle; skiff derives it from the id).
+fn write_config(bundle: &Path, mut spec: oci_spec::runtime::Spec, cgroup: &str) {
     if let Some(l) = spec.linux_mut() {
-        // runc and crun take it from the bundle; skiff derives it from the id.
-        l.set_cgroups_path(Some(PathBuf::from(format!("/{cgroup_parent}/peer"))));
+        l.set_cgroups_path(Some(PathBuf::from(cgroup)));
     }
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&spec).expect("json"),
     )
     .expect("config");
-    bundle
+}
+
+/// One bundle per container started in parallel, sharing `bundle`'s rootfs (its path
+/// in the spec is absolute), each with a cgroup of its own: in one shared cgroup, a
+/// peer removing it as its container exits races the others still joining it, and
+/// `runc run` then fails now and then.
+fn parallel_bundles(bundle: &Path, cgroup_parent: &str, n: usize) -> Vec<PathBuf> {
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).expect("read"))
+            .expect("spec");
+    let dirs = parallel_bundle_dirs(bundle, n);
+    for (i, dir) in dirs.iter().enumerate() {
+        std::fs::create_dir_all(dir).expect("bundle dir");
+        write_config(dir, spec.clone(), &format!("/{cgroup_parent}/peer-p{i}"));
+    }
+    dirs
+}
+
+/// Where [`parallel_bundles`] puts them (the crun child finds them from `bundle`).
+fn parallel_bundle_dirs(bundle: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| bundle.with_file_name(format!("bundle-p{i}")))
+        .collect()
+}
+
+/// Removes the bench's cgroup parent, and whatever the peers left in it, from every
+/// hierarchy under /sys/fs/cgroup when dropped (also when the bench panics): runc
+/// makes its cgroups in the named `systemd` and the `unified` hierarchies too, which
+/// skiff's layout does not use.
+struct CgroupSweep(String);
+
+impl Drop for CgroupSweep {
+    fn drop(&mut self) {
+        fn remove_tree(dir: &Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_tree(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        let root = Path::new("/sys/fs/cgroup");
+        remove_tree(&root.join(&self.0));
+        if let Ok(hierarchies) = std::fs::read_dir(root) {
+            for h in hierarchies.flatten() {
+                remove_tree(&h.path().join(&self.0));
+            }
+        }
+    }
 }
 
 /// Runs `runc`/`crun` `run` n times in sequence, a fresh id each time; None (with
@@ -95,10 +151,12 @@ fn peer_seq(bin: &str, state_root: &Path, bundle: &Path, n: usize) -> Option<Vec
         .collect()
 }
 
-fn peer_par(bin: &str, state_root: &Path, bundle: &Path, n: usize) -> Duration {
+fn peer_par(bin: &str, state_root: &Path, bundles: &[PathBuf]) -> Duration {
     let t = Instant::now();
-    let children: Vec<_> = (0..n)
-        .map(|i| {
+    let children: Vec<_> = bundles
+        .iter()
+        .enumerate()
+        .map(|(i, bundle)| {
             Command::new(bin)
                 .arg("--root")
                 .arg(state_root)
@@ -124,7 +182,11 @@ fn crun_loop(state_root: &Path, bundle: &Path) {
         return;
     };
     let seq: Vec<f64> = seq.into_iter().map(ms).collect();
-    let par = ms(peer_par("crun", state_root, bundle, PAR));
+    let par = ms(peer_par(
+        "crun",
+        state_root,
+        &parallel_bundle_dirs(bundle, PAR),
+    ));
     println!("{}", serde_json::json!({ "seq": seq, "par": par }));
 }
 
@@ -189,7 +251,9 @@ fn main() {
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     let parent = format!("skiff-bench-{}", std::process::id());
+    let _sweep = CgroupSweep(parent.clone());
     let bundle = write_bundle(tmp.path(), &parent);
+    let bundles = parallel_bundles(&bundle, &parent, PAR);
     let spec: oci_spec::runtime::Spec =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).expect("read"))
             .expect("spec");
@@ -197,7 +261,6 @@ fn main() {
     let mut cfg = RuntimeConfig::new(tmp.path().join("state"), &shim);
     cfg.cgroup_parent = parent.clone();
     let rt = Runtime::new(cfg).expect("runtime");
-    let layout: Layout = rt.layout().clone();
 
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -228,9 +291,8 @@ fn main() {
 
     let runc_root = tmp.path().join("runc-root");
     let runc = peer_seq("runc", &runc_root, &bundle, SEQ)
-        .map(|seq| (median(seq), peer_par("runc", &runc_root, &bundle, PAR)));
+        .map(|seq| (median(seq), peer_par("runc", &runc_root, &bundles)));
     let crun = crun_measure(&tmp.path().join("crun-root"), &bundle);
-    let _ = layout.remove_parent(Path::new(&parent));
 
     println!(
         "runtime_start: /bin/true, new pid/mnt/uts/ipc/net/cgroup ns, cgroups, Docker seccomp profile"

@@ -236,7 +236,11 @@ fn device_rule(
 }
 
 /// Docker's device cgroup allow-list: deny all, then mknod of anything, and use of
-/// null, zero, full, random, urandom, tty, console, ptmx and the pts.
+/// null, zero, full, random, urandom, tty, console, ptmx and the pts. Nothing is denied
+/// after the first rule: a deny that cuts into an allowed wildcard (a `c 10:229 rwm`
+/// deny stood here until 2026-12-07; it only took away mknod of /dev/fuse, whose use
+/// was never allowed) cannot be written as a cgroup v1 exception list, and runc refuses
+/// such a bundle ("cannot punch hole in existing wildcard rule").
 pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
     use LinuxDeviceType::{B, C};
     vec![
@@ -252,7 +256,6 @@ pub fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
         device_rule(true, Some(C), Some(5), Some(1), "rwm"),
         device_rule(true, Some(C), Some(5), Some(2), "rwm"),
         device_rule(true, Some(C), Some(136), None, "rwm"),
-        device_rule(false, Some(C), Some(10), Some(229), "rwm"),
     ]
 }
 
@@ -414,6 +417,17 @@ pub fn docker_spec(o: &SpecOptions) -> Spec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_rules_deny_all_then_only_allow() {
+        let rules = default_device_rules();
+        assert!(!rules[0].allow(), "first rule denies everything");
+        assert_eq!(rules[0].typ(), None);
+        assert_eq!(rules[0].access().as_deref(), Some("rwm"));
+        for r in &rules[1..] {
+            assert!(r.allow(), "no hole punched after the deny-all: {r:?}");
+        }
+    }
 
     #[test]
     fn default_caps_make_dockers_capeff() {
