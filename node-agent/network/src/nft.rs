@@ -177,8 +177,9 @@ impl Drop for Context {
     }
 }
 
-/// Hands the memory libnftables freed back to the system. Each load runs on a thread
-/// of its own, which glibc gives one of its malloc arenas (up to 8 per core by default;
+/// Hands the memory libnftables freed back to the system. Each load runs on a
+/// namespace worker (a fresh thread before 2026-12-07), which glibc gives one of its
+/// malloc arenas (up to 8 per core by default;
 /// `skiff-agent` caps them at two since 2026-12-07, see its `malloc.rs`), and a load
 /// leaves ~0.7 MiB of parser and cache state freed in it: without this, 100 tasks' loads
 /// left the agent at ~59 MiB resident instead of ~32 (before the cap; capping the arenas
