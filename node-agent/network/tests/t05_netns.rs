@@ -46,6 +46,9 @@ fn ino(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat").ino()
 }
 
+/// At most this many namespace workers (`netns::MAX_WORKERS`).
+const MAX_WORKERS: usize = 8;
+
 #[test]
 fn namespace_work_reuses_threads_that_come_back_home() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -55,29 +58,40 @@ fn namespace_work_reuses_threads_that_come_back_home() {
         .expect("runtime");
     let ns = Ns::new();
     let home = std::fs::metadata("/proc/self/ns/net").expect("netns").ino();
+    let inside = ino(&ns.path);
+    assert_ne!(inside, home);
     let here = || (this_threads_netns(), tid());
+    let mut tids = std::collections::BTreeSet::new();
     rt.block_on(async {
         let p = ns.path.clone();
-        // One job at a time: each finds the worker the first one made idle.
-        let (inside, first) = netns::run_in_async(Some(&p), here).await.expect("in ns");
-        assert_eq!(inside, ino(&ns.path), "the job ran inside the namespace");
-        assert_ne!(inside, home);
-        let (again, second) = netns::run_in_async(Some(&p), here).await.expect("in ns");
-        assert_eq!(again, inside);
-        assert_eq!(second, first, "the worker was reused, not made anew");
-        let (after, third) = netns::run_in_async(None, here).await.expect("at home");
-        assert_eq!(third, first);
-        assert_eq!(after, home, "the worker came back to its own namespace");
+        // Jobs one after another, inside and at home, alternating: a fresh thread per
+        // job would show 60 thread ids.
+        for _ in 0..30 {
+            let (seen, t) = netns::run_in_async(Some(&p), here).await.expect("in ns");
+            assert_eq!(seen, inside, "the job ran inside the namespace");
+            tids.insert(t);
+            let (seen, t) = netns::run_in_async(None, here).await.expect("at home");
+            assert_eq!(seen, home, "the worker came back to its own namespace");
+            tids.insert(t);
+        }
+        assert!(
+            tids.len() <= MAX_WORKERS,
+            "workers reused: {} threads",
+            tids.len()
+        );
 
-        // A panic reaches the caller, and the worker still comes home.
+        // A panic reaches the caller, and every worker is home afterwards.
+        let q = p.clone();
         let panicked = tokio::spawn(async move {
-            netns::run_in_async(Some(&p), || -> () { panic!("boom inside") }).await
+            netns::run_in_async(Some(&q), || -> () { panic!("boom inside") }).await
         })
         .await;
         assert!(panicked.is_err_and(|e| e.is_panic()), "the panic went on");
-        let (after, fourth) = netns::run_in_async(None, here).await.expect("at home");
-        assert_eq!(fourth, first, "the same worker goes on after a panic");
-        assert_eq!(after, home, "home again after the panic");
+        for _ in 0..20 {
+            let (seen, t) = netns::run_in_async(None, here).await.expect("at home");
+            assert_eq!(seen, home, "home again after the panic");
+            tids.insert(t);
+        }
 
         // A namespace that is not there is an error naming it, and nothing moved.
         let missing = ns.path.with_file_name("gone");
@@ -85,8 +99,11 @@ fn namespace_work_reuses_threads_that_come_back_home() {
             .await
             .expect_err("no such namespace");
         assert!(err.to_string().contains("gone"), "{err}");
-        let (after, _) = netns::run_in_async(None, here).await.expect("at home");
-        assert_eq!(after, home);
+        for _ in 0..20 {
+            let (seen, t) = netns::run_in_async(None, here).await.expect("at home");
+            assert_eq!(seen, home);
+            tids.insert(t);
+        }
 
         // Many at once are all answered, each inside the namespace.
         let jobs: Vec<_> = (0..40)
@@ -95,12 +112,15 @@ fn namespace_work_reuses_threads_that_come_back_home() {
                 tokio::spawn(async move { netns::run_in_async(Some(&p), here).await })
             })
             .collect();
-        let mut tids = std::collections::BTreeSet::new();
         for j in jobs {
-            let (inside_too, t) = j.await.expect("task").expect("in ns");
-            assert_eq!(inside_too, inside);
+            let (seen, t) = j.await.expect("task").expect("in ns");
+            assert_eq!(seen, inside);
             tids.insert(t);
         }
-        assert!(tids.len() <= 8, "at most eight workers: {}", tids.len());
     });
+    assert!(
+        tids.len() <= MAX_WORKERS,
+        "at most {MAX_WORKERS} workers in all: {}",
+        tids.len()
+    );
 }
