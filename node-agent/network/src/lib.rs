@@ -22,6 +22,7 @@
 //!   address; with a local replica the client's address is kept.
 
 pub mod attach;
+pub mod bpf;
 pub mod compat;
 pub mod dns;
 pub mod firewall;

@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload,
 };
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
@@ -19,8 +19,9 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
-    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage,
-    TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+    TcActionOption, TcActionType, TcAttribute, TcBpfFlags, TcFilterBpf, TcFilterBpfOption,
+    TcFilterU32, TcFilterU32Option, TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption,
+    TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
@@ -500,8 +501,9 @@ impl Links {
 
     /// `bridge fdb append <mac> dev <vxlan> dst <ip>`: append, because the all-zero MAC
     /// has one entry per peer (head-end replication of broadcast and unknown frames).
-    /// Gives `link` a fresh `ingress` qdisc: an old one goes, with every filter on it.
-    pub async fn reset_ingress(&self, link: &Link) -> Result<()> {
+    /// Gives `link` a fresh `clsact` qdisc (tc hooks on ingress and egress): an old
+    /// `clsact` or `ingress` qdisc goes, with every filter on it.
+    pub async fn reset_clsact(&self, link: &Link) -> Result<()> {
         let mut del = TcMessage::with_index(link.index as i32);
         del.header.parent = TcHandle::INGRESS;
         del.header.handle = TcHandle::from(0xffff_0000);
@@ -520,19 +522,48 @@ impl Links {
         let mut add = TcMessage::with_index(link.index as i32);
         add.header.parent = TcHandle::INGRESS;
         add.header.handle = TcHandle::from(0xffff_0000);
-        add.attributes.push(TcAttribute::Kind("ingress".into()));
+        add.attributes.push(TcAttribute::Kind("clsact".into()));
         self.ack_request(
             RouteNetlinkMessage::NewQueueDiscipline(add),
             NLM_F_CREATE | NLM_F_EXCL,
-            "add ingress qdisc",
+            "add clsact qdisc",
             &link.name,
+        )
+        .await
+    }
+
+    /// Puts the eBPF program `prog` (a loaded `SCHED_CLS` program's fd, see `bpf.rs`)
+    /// on `link`'s egress as a direct-action `bpf` filter, replacing one there. Needs
+    /// [`Self::reset_clsact`] first.
+    pub async fn set_egress_program(&self, link: &Link, prog: i32, name: &str) -> Result<()> {
+        let mut msg = TcMessage::with_index(link.index as i32);
+        msg.header.parent = TcHandle {
+            major: 0xffff,
+            minor: TcHandle::MIN_EGRESS,
+        };
+        msg.header.handle = TcHandle::from(1);
+        // info: priority in the upper half, the protocol (network byte order) below.
+        msg.header.info =
+            (u32::from(REDIRECT_PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
+        msg.attributes
+            .push(TcAttribute::Kind(TcFilterBpf::KIND.into()));
+        msg.attributes.push(TcAttribute::Options(vec![
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog as u32)),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+        ]));
+        self.ack_request(
+            RouteNetlinkMessage::NewTrafficFilter(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            "set egress program",
+            &format!("{name} on {}", link.name),
         )
         .await
     }
 
     /// Adds or replaces the ingress filter `node` (1..=0xfff) on `link`: IPv4 packets
     /// for `dst` leave through the device with index `target` (tc u32 + mirred egress
-    /// redirect), skipping whatever `link` is enslaved to. Needs [`Self::reset_ingress`]
+    /// redirect), skipping whatever `link` is enslaved to. Needs [`Self::reset_clsact`]
     /// first (the filters live in hash table 800: of a fresh qdisc).
     pub async fn set_redirect(
         &self,

@@ -240,16 +240,39 @@ impl NodeNetwork {
                 Err(err) => tracing::warn!(link = %link.name, %err, "receive steering task failed"),
             }
             st.shortcuts.retain(|(vxlan, _), _| vxlan != &link.name);
-            let ok = match self.host.reset_ingress(&link).await {
+            let ok = match self.host.reset_clsact(&link).await {
                 Ok(()) => true,
                 Err(err) => {
-                    tracing::warn!(link = %link.name, %err, "no ingress qdisc: overlay traffic to local containers takes the bridge");
+                    tracing::warn!(link = %link.name, %err, "no clsact qdisc: overlay traffic to local containers takes the bridge");
                     false
                 }
             };
+            if ok {
+                self.reset_flow_hash(&link).await;
+            }
             st.vxlans.insert(link.name.clone(), (link, ok));
         }
         self.sync_shortcuts(st).await;
+    }
+
+    /// Puts the flow hash program (`bpf.rs`) on `link`'s egress, so the receiving
+    /// nodes steer both directions of a connection to one CPU. Logged, never fatal:
+    /// without it steering goes by the sending socket's hash, as before.
+    async fn reset_flow_hash(&self, link: &Link) {
+        match crate::bpf::hash_reset() {
+            Ok(prog) => {
+                if let Err(err) = self
+                    .host
+                    .set_egress_program(link, prog, crate::bpf::PROGRAM_NAME)
+                    .await
+                {
+                    tracing::warn!(link = %link.name, %err, "no flow hash program on the VXLAN device: receive steering goes by the sending socket's hash");
+                }
+            }
+            Err(err) => {
+                tracing::debug!(link = %link.name, %err, "no flow hash program: receive steering goes by the sending socket's hash");
+            }
+        }
     }
 
     /// Converges the redirect filters on the VXLAN devices to all local tasks.

@@ -105,6 +105,22 @@ async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
         );
     }
 
+    // The flow hash program sits on every VXLAN device's egress (bpf.rs), direct
+    // action, under the clsact qdisc that also holds the shortcuts.
+    for node in [&a, &b] {
+        let shown = cmd_in(
+            &node.ns,
+            "tc",
+            &["filter", "show", "dev", &names::vxlan("n1"), "egress"],
+        )
+        .expect("tc filter show");
+        assert!(
+            shown.contains(skiff_network::bpf::PROGRAM_NAME) && shown.contains("direct-action"),
+            "flow hash program on {}: {shown}",
+            node.id
+        );
+    }
+
     // Shortcuts: overlay traffic for a local container goes from the VXLAN device
     // straight to its veth. With the bridges told to drop every IPv4 frame they get
     // from a VXLAN device (ARP still passes), the containers still talk, also after one
