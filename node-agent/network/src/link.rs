@@ -29,8 +29,16 @@ use rtnetlink::{
     RouteMessageBuilder,
 };
 
-/// tc priority of skiff's redirect filters on a VXLAN device's ingress.
+/// tc priority of skiff's filters on a VXLAN device: the redirects on its ingress and
+/// the flow hash program on its egress.
 pub const REDIRECT_PRIORITY: u16 = 16;
+
+/// A tc filter header's `info` for a filter of skiff at [`REDIRECT_PRIORITY`] matching
+/// `protocol` (an `ETH_P_*`): the priority in the upper half, the protocol in network
+/// byte order below.
+fn filter_info(protocol: libc::c_int) -> u32 {
+    (u32::from(REDIRECT_PRIORITY) << 16) | u32::from((protocol as u16).to_be())
+}
 
 /// A netlink request that failed.
 #[derive(Debug, thiserror::Error)]
@@ -499,8 +507,6 @@ impl Links {
         m
     }
 
-    /// `bridge fdb append <mac> dev <vxlan> dst <ip>`: append, because the all-zero MAC
-    /// has one entry per peer (head-end replication of broadcast and unknown frames).
     /// Gives `link` a fresh `clsact` qdisc (tc hooks on ingress and egress): an old
     /// `clsact` or `ingress` qdisc goes, with every filter on it.
     pub async fn reset_clsact(&self, link: &Link) -> Result<()> {
@@ -542,9 +548,7 @@ impl Links {
             minor: TcHandle::MIN_EGRESS,
         };
         msg.header.handle = TcHandle::from(1);
-        // info: priority in the upper half, the protocol (network byte order) below.
-        msg.header.info =
-            (u32::from(REDIRECT_PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
+        msg.header.info = filter_info(libc::ETH_P_ALL);
         msg.attributes
             .push(TcAttribute::Kind(TcFilterBpf::KIND.into()));
         msg.attributes.push(TcAttribute::Options(vec![
@@ -652,9 +656,7 @@ impl Links {
             minor: TcHandle::MIN_INGRESS,
         };
         msg.header.handle = TcHandle::from(0x8000_0000 | (node & 0xfff));
-        // info: priority in the upper half, the protocol (network byte order) below.
-        msg.header.info =
-            (u32::from(REDIRECT_PRIORITY) << 16) | u32::from((libc::ETH_P_IP as u16).to_be());
+        msg.header.info = filter_info(libc::ETH_P_IP);
         msg.attributes
             .push(TcAttribute::Kind(TcFilterU32::KIND.into()));
         msg
@@ -685,6 +687,8 @@ impl Links {
         Ok(())
     }
 
+    /// `bridge fdb append <mac> dev <vxlan> dst <ip>`: append, because the all-zero MAC
+    /// has one entry per peer (head-end replication of broadcast and unknown frames).
     pub async fn fdb_append(&self, link: &Link, e: FdbEntry) -> Result<()> {
         let what = format!(
             "{} dst {} on {}",

@@ -94,31 +94,15 @@ fn parallel_bundle_dirs(bundle: &Path, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes the bench's cgroup parent, and whatever the peers left in it, from every
-/// hierarchy under /sys/fs/cgroup when dropped (also when the bench panics): runc
-/// makes its cgroups in the named `systemd` and the `unified` hierarchies too, which
-/// skiff's layout does not use.
+/// Kills what is left in the bench's cgroup parent and removes it from every hierarchy
+/// under /sys/fs/cgroup when dropped (also when the bench panics), with the lab's
+/// fence: runc makes its cgroups in the named `systemd` and the `unified` hierarchies
+/// too, which skiff's layout does not use.
 struct CgroupSweep(String);
 
 impl Drop for CgroupSweep {
     fn drop(&mut self) {
-        fn remove_tree(dir: &Path) {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        remove_tree(&e.path());
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(dir);
-        }
-        let root = Path::new("/sys/fs/cgroup");
-        remove_tree(&root.join(&self.0));
-        if let Ok(hierarchies) = std::fs::read_dir(root) {
-            for h in hierarchies.flatten() {
-                remove_tree(&h.path().join(&self.0));
-            }
-        }
+        skiff_lab::cgroup::kill_and_remove(&self.0);
     }
 }
 
