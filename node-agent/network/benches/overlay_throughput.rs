@@ -149,6 +149,17 @@ fn measure(rt: &tokio::runtime::Runtime, lab: &Lab) -> (f64, f64) {
             .await
             .expect("attach")
             .expect("ns");
+        // The endpoint table names each container's node, as the masters' would.
+        let table = pb::EndpointTable {
+            revision: 1,
+            services: vec![
+                service("bench", "ca", "ca", "10.213.1.2", &n0.id),
+                service("bench", "cb", "cb", "10.213.1.3", &n1.id),
+            ],
+        };
+        for n in &lab.nodes {
+            n.net.apply_endpoints(&table).await.expect("endpoints");
+        }
         (ca, cb)
     });
     let overlay_addr = |p| sa("10.213.1.3", p);

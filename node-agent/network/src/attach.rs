@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use skiff_proto::v1 as pb;
 
-use crate::link::{LinkError, Links, VethHost, VethPeer};
+use crate::link::{Link, LinkError, Links, VethHost, VethPeer};
 use crate::names;
 use crate::netns::{self, NetnsError, NetnsPath};
 use crate::overlay::NetworkPlan;
@@ -153,7 +153,7 @@ pub async fn attach(
     task_id: &str,
     eps: &[Endpoint],
     mtu: u32,
-) -> Result<NetnsPath, AttachError> {
+) -> Result<Attached, AttachError> {
     let path = netns_path(run_dir, task_id)?;
     let ns = if netns::is_netns(&path) {
         NetnsPath(path.clone())
@@ -168,6 +168,7 @@ pub async fn attach(
     let inner = Links::new(netns::netlink(Some(ns.as_path())).await?);
     let lo = inner.require("lo").await?;
     inner.set_up(&lo).await?;
+    let mut host_ends = Vec::with_capacity(eps.len());
     for (i, ep) in eps.iter().enumerate() {
         let ifname = format!("eth{i}");
         let host_name = names::host_veth(task_id, &ep.network_id);
@@ -217,8 +218,17 @@ pub async fn attach(
         if i == 0 {
             inner.add_default_route(ep.gateway).await?;
         }
+        host_ends.push(hv);
     }
-    Ok(ns)
+    Ok(Attached { ns, host_ends })
+}
+
+/// A task's namespace as attached.
+#[derive(Debug)]
+pub struct Attached {
+    pub ns: NetnsPath,
+    /// The host end of each endpoint's veth, in the endpoints' order.
+    pub host_ends: Vec<Link>,
 }
 
 /// Removes a task's veths and namespace. Idempotent.

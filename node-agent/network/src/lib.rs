@@ -8,9 +8,11 @@
 //!        overlay::plan (pure) ─▶ overlay::reconcile ─▶ link (netlink: skb-/skv-, FDB, neigh)
 //!                                  └─▶ steering (rps_cpus of each new skv- device, sysfs)
 //!                                  └─▶ shortcut (tc: skv- ingress → a local task's veth)
+//!                                  └─▶ sendpath (bpf map: remote task addresses → skv-)
 //!        firewall::render_node/render_task (pure) ─▶ nft -f (inet skiff, ip skiff per task)
 //!        dns::DnsTable::build (pure) ─▶ dns::Dns (hickory on each gateway :53)
 //!  worker ──attach(task)──▶ attach ─▶ netns (unshare + bind mount) + veth skh-/eth<i>
+//!                                  └─▶ sendpath program on skh- ingress (→ skv- for remote tasks)
 //!  NodeNetwork::new ─▶ compat::cope (Docker's FORWARD DROP, br_netfilter) ─▶ diagnostics()
 //! ```
 //!
@@ -32,6 +34,7 @@ pub mod netns;
 pub mod nft;
 pub mod node;
 pub mod overlay;
+pub mod sendpath;
 pub mod shortcut;
 pub mod steering;
 

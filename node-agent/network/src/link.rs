@@ -3,6 +3,7 @@
 //! `overlay` and `attach` decide what should exist.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_core::{
@@ -29,13 +30,20 @@ use rtnetlink::{
     RouteMessageBuilder,
 };
 
-/// tc priority of skiff's filters on a VXLAN device: the redirects on its ingress and
-/// the flow hash program on its egress.
+/// tc priority of skiff's filters: on a VXLAN device the redirects on its ingress and
+/// the flow hash program on its egress; on a task veth's host end the send shortcut.
 pub const REDIRECT_PRIORITY: u16 = 16;
 
 /// A tc filter header's `info` for a filter of skiff at [`REDIRECT_PRIORITY`] matching
 /// `protocol` (an `ETH_P_*`): the priority in the upper half, the protocol in network
 /// byte order below.
+/// Where on a device a tc program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcHook {
+    Ingress,
+    Egress,
+}
+
 fn filter_info(protocol: libc::c_int) -> u32 {
     (u32::from(REDIRECT_PRIORITY) << 16) | u32::from((protocol as u16).to_be())
 }
@@ -538,29 +546,59 @@ impl Links {
         .await
     }
 
+    /// Gives `link` a `clsact` qdisc unless it has one (its filters stay).
+    pub async fn ensure_clsact(&self, link: &Link) -> Result<()> {
+        let mut add = TcMessage::with_index(link.index as i32);
+        add.header.parent = TcHandle::INGRESS;
+        add.header.handle = TcHandle::from(0xffff_0000);
+        add.attributes.push(TcAttribute::Kind("clsact".into()));
+        match self
+            .ack_request(
+                RouteNetlinkMessage::NewQueueDiscipline(add),
+                NLM_F_CREATE | NLM_F_EXCL,
+                "add clsact qdisc",
+                &link.name,
+            )
+            .await
+        {
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Puts the eBPF program `prog` (a loaded `SCHED_CLS` program's fd, see `bpf.rs`)
-    /// on `link`'s egress as a direct-action `bpf` filter, replacing one there. Needs
-    /// [`Self::reset_clsact`] first.
-    pub async fn set_egress_program(&self, link: &Link, prog: i32, name: &str) -> Result<()> {
+    /// on `link`'s `hook` as a direct-action `bpf` filter, replacing skiff's filter
+    /// there. Needs a `clsact` qdisc ([`Self::reset_clsact`], [`Self::ensure_clsact`]).
+    pub async fn set_program(
+        &self,
+        link: &Link,
+        hook: TcHook,
+        prog: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<()> {
         let mut msg = TcMessage::with_index(link.index as i32);
         msg.header.parent = TcHandle {
             major: 0xffff,
-            minor: TcHandle::MIN_EGRESS,
+            minor: match hook {
+                TcHook::Ingress => TcHandle::MIN_INGRESS,
+                TcHook::Egress => TcHandle::MIN_EGRESS,
+            },
         };
         msg.header.handle = TcHandle::from(1);
         msg.header.info = filter_info(libc::ETH_P_ALL);
         msg.attributes
             .push(TcAttribute::Kind(TcFilterBpf::KIND.into()));
         msg.attributes.push(TcAttribute::Options(vec![
-            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog as u32)),
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog.as_raw_fd() as u32)),
             TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
             TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
         ]));
+        // The fd must stay open until the kernel has taken its reference.
         self.ack_request(
             RouteNetlinkMessage::NewTrafficFilter(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
-            "set egress program",
-            &format!("{name} on {}", link.name),
+            "set tc program",
+            &format!("{name} on {} {hook:?}", link.name),
         )
         .await
     }

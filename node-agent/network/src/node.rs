@@ -2,7 +2,8 @@
 //! endpoint table it was given and converges links, namespaces, nftables and DNS to
 //! them; every call is idempotent, so the agent can simply call again after an error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,10 +16,11 @@ use crate::attach::{self, AttachError, Endpoint, NetworkMode};
 use crate::compat::{self, HostFirewall};
 use crate::dns::{self, Dns, DnsError, DnsTable};
 use crate::firewall::{self, FirewallError};
-use crate::link::{Link, LinkError, Links};
+use crate::link::{Link, LinkError, Links, TcHook};
 use crate::netns::{self, NetnsError, NetnsPath};
 use crate::nft::Nft;
 use crate::overlay::{self, OverlayError, OverlayPlan, PlanError};
+use crate::sendpath::{self, SendPath};
 use crate::{shortcut, steering};
 
 /// How this node's networking is set up.
@@ -101,6 +103,10 @@ struct State {
     vxlans: BTreeMap<String, (Link, bool)>,
     /// Redirect filters installed: where each leads, and the veth's index then.
     shortcuts: BTreeMap<shortcut::Key, (shortcut::Target, u32)>,
+    /// Send shortcuts by network id (`sendpath.rs`).
+    send_paths: BTreeMap<String, SendPath>,
+    /// The kernel refused a send shortcut's map or program: not asked again.
+    send_refused: bool,
 }
 
 /// How many task tables are loaded at once.
@@ -198,6 +204,7 @@ impl NodeNetwork {
         .await?;
         st.plan = plan;
         self.ready_vxlans(st, vxlans).await;
+        Self::sync_send_paths(st);
         // Names first: sockets taken back from the keeper may hold queries already.
         self.refresh_names(st);
         let gateways: Vec<Ipv4Addr> = st.plan.networks.values().map(|n| n.gateway).collect();
@@ -263,7 +270,7 @@ impl NodeNetwork {
             Ok(prog) => {
                 if let Err(err) = self
                     .host
-                    .set_egress_program(link, prog, crate::bpf::PROGRAM_NAME)
+                    .set_program(link, TcHook::Egress, prog, crate::bpf::PROGRAM_NAME)
                     .await
                 {
                     tracing::warn!(link = %link.name, %err, "no flow hash program on the VXLAN device: receive steering goes by the sending socket's hash");
@@ -271,6 +278,71 @@ impl NodeNetwork {
             }
             Err(err) => {
                 tracing::debug!(link = %link.name, %err, "no flow hash program: receive steering goes by the sending socket's hash");
+            }
+        }
+    }
+
+    /// Converges each network's send shortcut map to the network's tasks on other nodes
+    /// (`sendpath.rs`), making the map and program of a network new to this agent.
+    /// Failures are logged: without an entry, traffic takes the bridge.
+    fn sync_send_paths(st: &mut State) {
+        let State {
+            plan,
+            vxlans,
+            tasks,
+            send_paths,
+            send_refused,
+            ..
+        } = st;
+        send_paths.retain(|id, _| plan.networks.contains_key(id));
+        for (id, net) in &plan.networks {
+            let Some((vxlan, _)) = vxlans.get(&net.vxlan) else {
+                continue;
+            };
+            let path = match send_paths.entry(id.clone()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(_) if *send_refused => continue,
+                Entry::Vacant(e) => match SendPath::new(net) {
+                    Ok(p) => e.insert(p),
+                    Err(err) => {
+                        tracing::debug!(%err, "no send shortcuts: overlay traffic from containers takes the bridge");
+                        *send_refused = true;
+                        continue;
+                    }
+                },
+            };
+            let local: BTreeSet<Ipv4Addr> = tasks
+                .values()
+                .flatten()
+                .filter(|ep| &ep.network_id == id)
+                .map(|ep| ep.addr.addr())
+                .collect();
+            let want = sendpath::desired(plan.remote_tasks.get(id), &local, vxlan.index);
+            if let Err(err) = path.sync(&want) {
+                tracing::warn!(network = %id, %err, "send shortcut map: traffic to some remote tasks takes the bridge");
+            }
+        }
+    }
+
+    /// Puts each network's send shortcut program on the ingress of a task's veth host
+    /// ends (replacing one an earlier agent put there). Logged, never fatal.
+    async fn set_send_programs(&self, programs: Vec<(Link, std::os::fd::OwnedFd)>) {
+        for (veth, program) in programs {
+            let set = match self.host.ensure_clsact(&veth).await {
+                Ok(()) => {
+                    self.host
+                        .set_program(
+                            &veth,
+                            TcHook::Ingress,
+                            std::os::fd::AsFd::as_fd(&program),
+                            crate::bpf::SEND_PROGRAM_NAME,
+                        )
+                        .await
+                }
+                Err(err) => Err(err),
+            };
+            if let Err(err) = set {
+                tracing::warn!(%err, "no send shortcut on a task's veth: its overlay traffic takes the bridge");
             }
         }
     }
@@ -519,16 +591,36 @@ impl NodeNetwork {
         let made = attach::attach(&self.host, &self.cfg.run_dir, task_id, &eps, self.mtu).await;
         let mut st = self.state.lock().await;
         match made {
-            Ok(ns) => {
+            Ok(made) => {
+                let networks: Vec<String> = eps.iter().map(|e| e.network_id.clone()).collect();
                 st.tasks.insert(task_id.to_owned(), eps);
                 self.refresh_names(&st);
                 st.task_rules.remove(task_id);
                 self.add_task_shortcuts(&mut st, task_id).await;
+                Self::sync_send_paths(&mut st);
+                // The programs are set without the node's lock, each held by an fd of
+                // its own (the network could go meanwhile).
+                let programs: Vec<_> = made
+                    .host_ends
+                    .into_iter()
+                    .zip(&networks)
+                    .filter_map(|(veth, net)| {
+                        let path = st.send_paths.get(net)?;
+                        match path.program().try_clone_to_owned() {
+                            Ok(fd) => Some((veth, fd)),
+                            Err(err) => {
+                                tracing::warn!(%err, "duplicating the send shortcut program's fd");
+                                None
+                            }
+                        }
+                    })
+                    .collect();
                 drop(st);
+                self.set_send_programs(programs).await;
                 if mode == NetworkMode::Networks {
                     self.sync_task(task_id).await?;
                 }
-                Ok(Some(ns))
+                Ok(Some(made.ns))
             }
             Err(err) => {
                 if let Err(cleanup) = attach::detach(&self.host, &self.cfg.run_dir, task_id).await {
@@ -547,6 +639,7 @@ impl NodeNetwork {
         attach::detach(&self.host, &self.cfg.run_dir, task_id).await?;
         if let Some(eps) = st.tasks.remove(task_id) {
             self.remove_task_shortcuts(&mut st, task_id, eps).await;
+            Self::sync_send_paths(&mut st);
         }
         st.task_rules.remove(task_id);
         self.refresh_names(&st);

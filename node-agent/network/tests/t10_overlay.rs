@@ -184,18 +184,14 @@ async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
     // Endpoint table: remote tasks get exact FDB and neighbour entries.
     let table = pb::EndpointTable {
         revision: 1,
-        services: vec![pb::ServiceEndpoint {
-            network_id: "n1".into(),
-            name: "web".into(),
-            tasks: vec![pb::TaskEndpoint {
-                task_id: "tb".into(),
-                addr: "10.213.1.3".into(),
-                node_id: b.id.clone(),
-            }],
-            ..Default::default()
-        }],
+        services: vec![
+            service("n1", "web", "tb", "10.213.1.3", &b.id),
+            service("n1", "cli", "ta", "10.213.1.2", &a.id),
+        ],
     };
-    a.net.apply_endpoints(&table).await.expect("endpoints");
+    for n in &lab.nodes {
+        n.net.apply_endpoints(&table).await.expect("endpoints");
+    }
     assert_eq!(al.fdb(&vx).await.expect("fdb").len(), 2);
     let br = al.require(&names::bridge("n1")).await.expect("bridge");
     assert_eq!(al.permanent_neighbours(&br).await.expect("neigh").len(), 1);
@@ -213,6 +209,62 @@ async fn containers_on_two_nodes_talk_over_vxlan_and_peers_are_reconciled() {
     eventually(Duration::from_secs(5), || {
         fetch(Some(ca.as_path()), sa("10.213.1.3", 7000), T)
     });
+
+    // Send shortcuts: each node's containers send to the other node's tasks in the
+    // table straight from their veth to the VXLAN device. With the bridges dropping
+    // every IPv4 frame between a task veth and a VXLAN device (either way), the
+    // containers still talk; once tb leaves a's table, a's traffic to it needs the
+    // bridge again, and is dropped.
+    for node in [&a, &b] {
+        let shown = cmd_in(
+            &node.ns,
+            "tc",
+            &[
+                "filter",
+                "show",
+                "ingress",
+                "dev",
+                &names::host_veth(if node.id == a.id { "ta" } else { "tb" }, "n1"),
+            ],
+        )
+        .expect("tc filter show");
+        assert!(
+            shown.contains(skiff_network::bpf::SEND_PROGRAM_NAME)
+                && shown.contains("direct-action"),
+            "send shortcut on {}'s task veth: {shown}",
+            node.id
+        );
+    }
+    let bridge_blind = "table bridge skiff_test {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    iifname \"skv-*\" ether type ip drop\n    oifname \"skv-*\" ether type ip drop\n  }\n}\n";
+    for n in &lab.nodes {
+        nft_in(&n.ns, bridge_blind);
+    }
+    assert_eq!(
+        fetch(Some(ca.as_path()), sa("10.213.1.3", 7000), T).as_deref(),
+        Ok("b 10.213.1.2"),
+        "containers talk across the overlay without their bridges in either direction"
+    );
+    let mut without_tb = table.clone();
+    without_tb.services.retain(|s| s.name != "web");
+    a.net.apply_endpoints(&without_tb).await.expect("endpoints");
+    assert!(
+        fetch(
+            Some(ca.as_path()),
+            sa("10.213.1.3", 7000),
+            Duration::from_millis(500)
+        )
+        .is_err(),
+        "a task that left the table is sent to through the bridge"
+    );
+    a.net.apply_endpoints(&table).await.expect("endpoints");
+    assert_eq!(
+        fetch(Some(ca.as_path()), sa("10.213.1.3", 7000), T).as_deref(),
+        Ok("b 10.213.1.2"),
+        "back in the table, back on the shortcut"
+    );
+    for n in &lab.nodes {
+        nft_in(&n.ns, "delete table bridge skiff_test\n");
+    }
 
     // Detach removes the veth and the namespace; teardown leaves no skiff link.
     a.net.detach("ta").await.expect("detach");

@@ -159,6 +159,20 @@ pub fn network(id: &str, third: u8, vni: u32) -> pb::Network {
     }
 }
 
+/// An endpoint table entry: service `name` on network `net` with one task.
+pub fn service(net: &str, name: &str, task: &str, addr: &str, node: &str) -> pb::ServiceEndpoint {
+    pb::ServiceEndpoint {
+        network_id: net.into(),
+        name: name.into(),
+        tasks: vec![pb::TaskEndpoint {
+            task_id: task.into(),
+            addr: addr.into(),
+            node_id: node.into(),
+        }],
+        ..Default::default()
+    }
+}
+
 pub fn attachment(net: &str, addr: &str) -> pb::NetworkAttachment {
     pb::NetworkAttachment {
         network_id: net.into(),
