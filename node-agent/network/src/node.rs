@@ -305,7 +305,7 @@ impl NodeNetwork {
                 Entry::Vacant(e) => match SendPath::new(net) {
                     Ok(p) => e.insert(p),
                     Err(err) => {
-                        tracing::debug!(%err, "no send shortcuts: overlay traffic from containers takes the bridge");
+                        tracing::info!(%err, "no send shortcuts: overlay traffic from containers takes the bridge");
                         *send_refused = true;
                         continue;
                     }
