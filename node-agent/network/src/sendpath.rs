@@ -6,7 +6,8 @@
 //! Across the bridge, on a host with `br_netfilter` on (Docker's hosts, most Kubernetes
 //! nodes), every frame a container sends to another node goes through the node's whole
 //! IP netfilter path (conntrack, prerouting, forward, postrouting) as if it were
-//! routed. Measured on the overlay bench: +7 % throughput without it. Per network, a
+//! routed. Skipping it, measured on the overlay bench: +7 % throughput by hand, +4–5 %
+//! as built (docs/network.md, stop 22). Per network, a
 //! kernel hash map (`bpf::AddrMap`) holds the addresses of the network's tasks on other
 //! nodes, each mapped to the VXLAN device's index, and one eBPF program
 //! (`bpf::send_program`) reading it sits on the ingress of every local task veth's host
