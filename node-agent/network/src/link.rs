@@ -34,9 +34,6 @@ use rtnetlink::{
 /// the flow hash program on its egress; on a task veth's host end the send shortcut.
 pub const REDIRECT_PRIORITY: u16 = 16;
 
-/// A tc filter header's `info` for a filter of skiff at [`REDIRECT_PRIORITY`] matching
-/// `protocol` (an `ETH_P_*`): the priority in the upper half, the protocol in network
-/// byte order below.
 /// Where on a device a tc program runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcHook {
@@ -44,6 +41,9 @@ pub enum TcHook {
     Egress,
 }
 
+/// A tc filter header's `info` for a filter of skiff at [`REDIRECT_PRIORITY`] matching
+/// `protocol` (an `ETH_P_*`): the priority in the upper half, the protocol in network
+/// byte order below.
 fn filter_info(protocol: libc::c_int) -> u32 {
     (u32::from(REDIRECT_PRIORITY) << 16) | u32::from((protocol as u16).to_be())
 }
@@ -533,17 +533,7 @@ impl Links {
             Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::EINVAL)) => {}
             other => other?,
         }
-        let mut add = TcMessage::with_index(link.index as i32);
-        add.header.parent = TcHandle::INGRESS;
-        add.header.handle = TcHandle::from(0xffff_0000);
-        add.attributes.push(TcAttribute::Kind("clsact".into()));
-        self.ack_request(
-            RouteNetlinkMessage::NewQueueDiscipline(add),
-            NLM_F_CREATE | NLM_F_EXCL,
-            "add clsact qdisc",
-            &link.name,
-        )
-        .await
+        self.ensure_clsact(link).await
     }
 
     /// Gives `link` a `clsact` qdisc unless it has one (its filters stay).

@@ -279,7 +279,7 @@ type Job = Box<dyn FnOnce() -> bool + Send>;
 /// At most this many namespace workers: task tables load four at a time
 /// (`node::RULE_WORKERS`), the rest is short (netlink sockets, sysctls, binds) or a
 /// firewall command waited for; more threads than this only queue for two cores.
-const MAX_WORKERS: usize = 8;
+pub const MAX_WORKERS: usize = 8;
 
 /// The namespace workers: threads made on demand up to [`MAX_WORKERS`] that live as
 /// long as the process and take jobs in order.

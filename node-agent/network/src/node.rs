@@ -328,20 +328,15 @@ impl NodeNetwork {
     /// ends (replacing one an earlier agent put there). Logged, never fatal.
     async fn set_send_programs(&self, programs: Vec<(Link, std::os::fd::OwnedFd)>) {
         for (veth, program) in programs {
-            let set = match self.host.ensure_clsact(&veth).await {
-                Ok(()) => {
-                    self.host
-                        .set_program(
-                            &veth,
-                            TcHook::Ingress,
-                            std::os::fd::AsFd::as_fd(&program),
-                            crate::bpf::SEND_PROGRAM_NAME,
-                        )
-                        .await
-                }
-                Err(err) => Err(err),
+            let set = async {
+                self.host.ensure_clsact(&veth).await?;
+                let prog = std::os::fd::AsFd::as_fd(&program);
+                let name = crate::bpf::SEND_PROGRAM_NAME;
+                self.host
+                    .set_program(&veth, TcHook::Ingress, prog, name)
+                    .await
             };
-            if let Err(err) = set {
+            if let Err(err) = set.await {
                 tracing::warn!(%err, "no send shortcut on a task's veth: its overlay traffic takes the bridge");
             }
         }

@@ -7,7 +7,8 @@
 //! if it were routed. A tc `u32` filter per local container on the VXLAN device's
 //! ingress (`ip dst <its address>` → `mirred egress redirect` to its host-side veth)
 //! skips both. What the bridge still does: ARP and broadcast, the containers' traffic
-//! out (to the gateway and to other nodes) and between containers of this node.
+//! to the gateway and between containers of this node (their traffic to other nodes'
+//! tasks takes the send shortcut, `sendpath.rs`).
 //!
 //! Nothing in skiff needs to see this traffic in the node's hooks: networks are
 //! isolated by their own bridge and VNI (a filter only ever names a veth of its own

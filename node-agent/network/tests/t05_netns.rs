@@ -6,7 +6,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use skiff_network::netns;
+use skiff_network::netns::{self, MAX_WORKERS};
 
 /// The inode of the network namespace the calling thread is in.
 fn this_threads_netns() -> u64 {
@@ -45,9 +45,6 @@ impl Drop for Ns {
 fn ino(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat").ino()
 }
-
-/// At most this many namespace workers (`netns::MAX_WORKERS`).
-const MAX_WORKERS: usize = 8;
 
 #[test]
 fn namespace_work_reuses_threads_that_come_back_home() {
